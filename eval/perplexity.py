@@ -1,0 +1,47 @@
+"""Perplexity over non-overlapping windows, as every pruning paper reports it.
+
+``n = numel // seqlen`` windows, the tail dropped, no extra BOS per window;
+``ppl = exp(mean over windows of the mean next-token cross-entropy)``.
+``max_windows`` keeps only the first windows (for CPU-sized protocols).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """Split (1 x n) token ids into (windows x seqlen), tail dropped."""
+    count = ids.numel() // seqlen
+    if max_windows:
+        count = min(count, int(max_windows))
+    if count == 0:
+        raise ValueError(f"eval.seqlen={seqlen} is longer than the whole text ({ids.numel()} tokens)")
+    return ids.reshape(-1)[: count * seqlen].view(count, seqlen)
+
+
+@torch.no_grad()
+def window_losses(model: torch.nn.Module, batches: torch.Tensor, device: str, batch_size: int = 1,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of every window (float32), model already on ``device``."""
+    losses = []
+    for start in range(0, len(batches), batch_size):
+        x = batches[start : start + batch_size].to(device)
+        logits = model(input_ids=x).logits
+        shift = logits[:, :-1].float()
+        loss = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+        losses.append(loss.view(x.shape[0], -1).mean(1).cpu())
+        if progress:
+            progress(min(start + batch_size, len(batches)), len(batches))
+    return torch.cat(losses)
+
+
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, device: str,
+               max_windows: int | None = None, batch_size: int = 1, progress=None) -> float:
+    """Perplexity of ``model`` on token ids (1 x n); NaN/inf are returned as they are."""
+    losses = window_losses(model, windows(ids, seqlen, max_windows), device, batch_size, progress)
+    mean = losses.double().mean().item()
+    return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))

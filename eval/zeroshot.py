@@ -1,0 +1,307 @@
+"""Zero-shot accuracy through the released lm-eval, on a model already in memory.
+
+Local mode (``local_dir`` set, a folder laid out like ``../shared/data``): the six tasks
+with data under ``<local_dir>/zeroshot`` are converted to their hub dataset's schema,
+written as JSONL into a cache dir, and run through the task templates in ``eval/tasks/``,
+which ``include:`` lm-eval's own task YAMLs so prompts and metrics stay lm-eval's.
+Hub mode (``local_dir=None``): lm-eval's own task names, loading from the hub.
+A task that cannot be loaded yields one ``status="unavailable"`` row; the rest still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_CACHE = Path("~/.cache/llm-prune-bench/zeroshot")
+METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+
+
+# ----------------------------------------------------------- local rows -> hub schema
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _arc(folder: Path, name: str) -> list[dict]:
+    # allenai/ai2_arc flattens the original nested `question` into a string plus a
+    # column-wise `choices` dict; answerKey keeps its original letter or digit.
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"]["stem"],
+            "choices": {
+                "text": [c["text"] for c in r["question"]["choices"]],
+                "label": [c["label"] for c in r["question"]["choices"]],
+            },
+            "answerKey": r["answerKey"],
+        }
+        for r in _read_jsonl(folder / name)
+    ]
+
+
+def _boolq(folder: Path) -> list[dict]:
+    # super_glue/boolq: label is a ClassLabel with names [False, True], so 1 means "yes".
+    rows = _read_jsonl(folder / "boolq.validation.jsonl")
+    lab = {"true": 1, "false": 0, True: 1, False: 0}
+    return [
+        {"question": r["question"], "passage": r["passage"], "idx": r.get("idx", i),
+         "label": lab[r["label"]]}
+        for i, r in enumerate(rows)
+    ]
+
+
+def _rte(folder: Path) -> list[dict]:
+    # lm-eval's `rte` reads nyu-mll/glue rte, whose ClassLabel names are
+    # [entailment, not_entailment]: 0 = entailment, which its choices map to "True".
+    rows = _read_jsonl(folder / "rte.validation.jsonl")
+    lab = {"entailment": 0, "not_entailment": 1}
+    return [
+        {"sentence1": r["premise"], "sentence2": r["hypothesis"],
+         "label": lab[r["label"]], "idx": r.get("idx", i)}
+        for i, r in enumerate(rows)
+    ]
+
+
+def _piqa(folder: Path) -> list[dict]:
+    # PIQA ships its labels in a separate file, one integer per line, row-aligned.
+    rows = _read_jsonl(folder / "piqa.validation.jsonl")
+    labels = (folder / "piqa.validation-labels.lst").read_text().split()
+    if len(labels) != len(rows):
+        raise ValueError(f"piqa: {len(rows)} rows but {len(labels)} labels")
+    return [{"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": int(y)}
+            for r, y in zip(rows, labels)]
+
+
+_OBQA_CHOICE = re.compile(r"(?:^| )\(([A-Z])\) ")
+
+
+def _openbookqa(folder: Path) -> list[dict]:
+    # The TSV packs the choices as "(A) text (B) text ..."; the hub `main` config has them
+    # column-wise as {text, label}. Split only on the expected labels, in order.
+    out = []
+    with (folder / "openbookqa.test.tsv").open(encoding="utf-8", newline="") as fh:
+        for r in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            parts = _OBQA_CHOICE.split(r["Choices"])
+            labels, texts = parts[1::2], parts[2::2]
+            if parts[0] or labels != [chr(65 + i) for i in range(len(labels))]:
+                raise ValueError(f"openbookqa: cannot parse choices of {r['ID']}")
+            out.append({"id": r["ID"], "question_stem": r["Question Stem"],
+                        "choices": {"text": texts, "label": labels},
+                        "answerKey": r["Answer Key"]})
+    return out
+
+
+# task -> (source files under <local_dir>/zeroshot, converter)
+LOCAL_TASKS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
+    "arc_easy": (("arc_easy.test.jsonl",), lambda d: _arc(d, "arc_easy.test.jsonl")),
+    "arc_challenge": (("arc_challenge.test.jsonl",),
+                      lambda d: _arc(d, "arc_challenge.test.jsonl")),
+    "boolq": (("boolq.validation.jsonl",), _boolq),
+    "rte": (("rte.validation.jsonl",), _rte),
+    "piqa": (("piqa.validation.jsonl", "piqa.validation-labels.lst"), _piqa),
+    "openbookqa": (("openbookqa.test.tsv",), _openbookqa),
+}
+
+
+def _check_sums(local_dir: Path, files: tuple[str, ...]) -> None:
+    """Raise if a source file differs from the SHA256SUMS entry next to the data."""
+    sums = local_dir / "SHA256SUMS"
+    if not sums.exists():
+        return
+    known = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            known[name.strip().removeprefix("./")] = digest
+    for f in files:
+        want = known.get(f"zeroshot/{f}")
+        if want and hashlib.sha256((local_dir / "zeroshot" / f).read_bytes()).hexdigest() != want:
+            raise ValueError(f"{local_dir / 'zeroshot' / f} fails its SHA256SUMS check")
+
+
+def convert_local(task: str, local_dir: str | Path) -> list[dict]:
+    """Return the local rows of ``task`` converted to the hub dataset's schema."""
+    local_dir = Path(local_dir).expanduser()
+    files, convert = LOCAL_TASKS[task]
+    missing = [f for f in files if not (local_dir / "zeroshot" / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{task}: no local data, looked for "
+                                f"{', '.join(str(local_dir / 'zeroshot' / f) for f in missing)}")
+    _check_sums(local_dir, files)
+    return convert(local_dir / "zeroshot")
+
+
+# ------------------------------------------------------------------ task construction
+def _write_if_changed(path: Path, text: str) -> None:
+    # Rewriting identical bytes would bump the mtime and void the datasets cache.
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+
+def prepare_local_task_dir(tasks: list[str], local_dir: str | Path,
+                           cache_dir: str | Path | None = None) -> Path:
+    """Convert the local data of ``tasks`` and write runnable task YAMLs; return their dir.
+
+    Raises FileNotFoundError/ValueError for the first task whose data cannot be prepared.
+    """
+    import lm_eval.tasks
+
+    cache = Path(cache_dir or DEFAULT_CACHE).expanduser()
+    lm_tasks = Path(lm_eval.tasks.__file__).resolve().parent
+    yaml_dir = cache / "tasks"
+    for task in tasks:
+        rows = convert_local(task, local_dir)
+        template = (TEMPLATE_DIR / f"{task}.yaml").read_text(encoding="utf-8")
+        split = re.search(r"^    (\w+): __DATA_FILE__$", template, re.M).group(1)
+        data_file = cache / "data" / f"{task}.{split}.jsonl"
+        _write_if_changed(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                             for r in rows))
+        inc = re.search(r"^include: (\S+)$", template, re.M).group(1)
+        # json.dumps gives a valid double-quoted YAML scalar for any path.
+        text = template.replace(f"include: {inc}", f"include: {json.dumps(str(lm_tasks / inc))}")
+        text = text.replace("__DATA_FILE__", json.dumps(str(data_file)))
+        _write_if_changed(yaml_dir / f"{task}.yaml", text)
+    return yaml_dir
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _load_tasks(tasks: list[str], local_dir: str | None, cache_dir: str | None):
+    """Build lm-eval Task objects; return ({reported name: Task}, {name: why unavailable})."""
+    from lm_eval.tasks import TaskManager
+
+    built: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    if local_dir is not None:
+        ready = []
+        for task in tasks:
+            if task not in LOCAL_TASKS:
+                missing[task] = (f"{task}: no local copy of its dataset in "
+                                 f"{Path(local_dir).expanduser() / 'zeroshot'} (local data exists "
+                                 f"only for {', '.join(LOCAL_TASKS)}); hub not tried in local mode")
+                continue
+            try:
+                prepare_local_task_dir([task], local_dir, cache_dir)
+                ready.append(task)
+            except (OSError, ValueError, KeyError) as err:
+                missing[task] = f"{task}: local data unusable ({_first_line(err)})"
+        # Only our generated YAMLs are indexed: indexing lm-eval's ~15k defaults takes ~20 s
+        # and the includes are absolute, so they are not needed.
+        tm = TaskManager(include_path=str(Path(cache_dir or DEFAULT_CACHE).expanduser()
+                                          / "tasks"), include_defaults=False)
+        names = {t: f"{t}_local" for t in ready}
+    else:
+        tm = TaskManager()
+        names = {t: t for t in tasks}
+    for task, name in names.items():
+        try:
+            built[task] = next(iter(tm.load([name])["tasks"].values()))
+        except Exception as err:  # lm-eval raises anything from KeyError to HTTP errors
+            where = "local copy" if local_dir is not None else "Hugging Face hub"
+            missing[task] = f"{task}: could not load its dataset from the {where} ({_first_line(err)})"
+    return built, missing, tm
+
+
+def build_local_requests(task: str, local_dir: str | Path, limit: int | None = None,
+                         cache_dir: str | Path | None = None) -> list[tuple[str, list[str], Any]]:
+    """Return ``(context, continuations, gold)`` per doc, exactly as lm-eval builds them 0-shot.
+
+    ``continuations`` include lm-eval's target delimiter (a leading space); ``gold`` is
+    the task's ``doc_to_target`` (an index into the choices for these tasks).
+    """
+    from lm_eval.tasks import TaskManager
+
+    yaml_dir = prepare_local_task_dir([task], local_dir, cache_dir)
+    tm = TaskManager(include_path=str(yaml_dir), include_defaults=False)
+    obj = next(iter(tm.load([f"{task}_local"])["tasks"].values()))
+    obj.set_config(key="num_fewshot", value=0)
+    obj.build_all_requests(limit=limit)
+    by_doc: dict[int, list] = {}
+    for inst in sorted(obj.instances, key=lambda i: (i.doc_id, i.idx)):
+        ctx, cont = inst.arguments
+        entry = by_doc.setdefault(inst.doc_id, [ctx, [], obj.doc_to_target(inst.doc)])
+        entry[1].append(cont)
+    return [tuple(by_doc[k]) for k in sorted(by_doc)]
+
+
+# ------------------------------------------------------------------------- evaluation
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # lm-eval writes "N/A" for a stderr it cannot compute
+        return math.nan
+
+
+def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
+                      local_dir: str | None, device: str, batch_size: int = 1,
+                      cache_dir: str | None = None) -> list[dict]:
+    """Run lm-eval 0-shot on an in-memory model and return tidy result rows.
+
+    Rows are ``{dataset, metric, value, status, message}`` with metrics acc/acc_norm and
+    their stderr per task, one ``unavailable`` row per task that cannot be loaded, and
+    ``zeroshot_mean`` rows averaging acc (and acc_norm) over the tasks that ran.
+    """
+    import numpy as np
+    import torch
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    built, missing, tm = _load_tasks(list(tasks), local_dir, cache_dir)
+    for msg in missing.values():
+        log.warning(msg)
+    results: dict[str, dict] = {}
+    if built:
+        if device and torch.device(device) != model.device:
+            # HFLM ignores `device` for a pre-built model and uses model.device.
+            model.to(device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        # simple_evaluate reseeds the global RNGs; restore them so a caller's later
+        # sampling (e.g. calibration data) does not depend on whether eval ran.
+        states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+        try:
+            out = simple_evaluate(model=lm, tasks=list(built.values()), num_fewshot=0,
+                                  limit=limit, task_manager=tm, log_samples=False,
+                                  bootstrap_iters=1000)
+        finally:
+            random.setstate(states[0]); np.random.set_state(states[1])
+            torch.random.set_rng_state(states[2])
+        by_name = {obj.task_name: task for task, obj in built.items()}
+        results = {by_name[k]: v for k, v in out["results"].items() if k in by_name}
+
+    rows: list[dict] = []
+    ok: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        if task in missing or task not in results:
+            msg = missing.get(task, f"{task}: lm-eval returned no result")
+            rows.append({"dataset": task, "metric": "acc", "value": math.nan,
+                         "status": "unavailable", "message": msg})
+            continue
+        res = results[task]
+        vals = {m: _as_float(res[f"{m},none"]) for m in METRICS if f"{m},none" in res}
+        ok[task] = vals
+        rows += [{"dataset": task, "metric": m, "value": v, "status": "ok", "message": ""}
+                 for m, v in vals.items()]
+    for metric in ("acc", "acc_norm"):
+        have = [t for t in ok if metric in ok[t]]
+        if have:
+            rows.append({"dataset": "zeroshot_mean", "metric": metric,
+                         "value": float(sum(ok[t][metric] for t in have) / len(have)),
+                         "status": "ok", "message": "mean over " + ", ".join(have)})
+    return rows

@@ -1,0 +1,130 @@
+"""The pruner interface: block-level pruners, and the wrapper for per-Linear methods.
+
+The engine (``runners/engine.py``) walks the decoder blocks and hands each selected block to
+``pruner.prune_block(block)`` as a ``BlockContext``. The context knows the block's Linears,
+which of them share an input (``groups``), the sparsity target, and how to run the block on
+the calibration inputs while gathering statistics. Pruners never move tensors between
+devices and never read Hydra configs: their builders get plain arguments.
+
+Per-Linear methods (magnitude, Wanda, SparseGPT) are plain functions
+``(weight, stats, pattern) -> pruned weight`` wrapped once by ``PerLinearPruner``; block-level
+methods (SparseLLM) implement ``prune_block`` themselves.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from .pattern import SparsityPattern
+
+
+class Statistic(Protocol):
+    """Input statistics of one Linear, accumulated over calibration tokens.
+
+    ``add`` receives the Linear's input flattened to (tokens, in_features).
+    """
+
+    def add(self, x: torch.Tensor) -> None: ...
+
+
+@dataclass
+class LinearGroup:
+    """Linears of a block that read the same input (e.g. q, k, v), so share statistics.
+
+    ``role`` is one of ``attn_in``, ``attn_out``, ``mlp_in``, ``mlp_out``.
+    """
+
+    role: str
+    names: list[str]
+
+
+@dataclass
+class MlpSpec:
+    """What a block-level MLP optimizer must know about the block's MLP.
+
+    ``kind`` is ``"relu"`` (OPT: ``out(relu(inp(x)))``) or ``"gated_silu"``
+    (LLaMA: ``down(silu(gate(x)) * up(x))``). Names are keys of ``BlockContext.linears``.
+    """
+
+    kind: str
+    up: str
+    down: str
+    gate: str | None = None
+
+
+class BlockContext(Protocol):
+    """What the engine gives a pruner for one decoder block (see runners/engine.py)."""
+
+    index: int
+    pattern: SparsityPattern
+    linears: dict[str, nn.Linear]
+    groups: list[LinearGroup]
+    mlp: MlpSpec
+
+    def collect(self, make_stat: Callable[[int], Statistic], names: list[str] | None = None) -> dict[str, Statistic]:
+        """Run the block (as it is now) on the calibration inputs; return one statistic per Linear.
+
+        Linears of one group share one statistic object. ``names`` limits which Linears are
+        observed (default: all).
+        """
+
+    def capture(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the block as it is now; return each named Linear's (inputs, outputs) as 2-D
+        float32 tensors (tokens x features) concatenated over the calibration set."""
+
+    def record(self, metric: str, value: float, step: int | None = None) -> None:
+        """Attach a per-block diagnostic (e.g. ``objective`` at ``step`` 1) to the results."""
+
+    def record_linear(self, name: str, seconds: float) -> None:
+        """Record how long pruning one Linear took (the engine measures its sparsity)."""
+
+
+class BlockPruner(Protocol):
+    """A pruning method at the level of one decoder block."""
+
+    name: str
+    needs_calibration: bool
+
+    def prune_block(self, block: BlockContext) -> None:
+        """Prune ``block.linears`` in place to ``block.pattern``."""
+
+
+LinearPruneFn = Callable[[torch.Tensor, object, SparsityPattern], torch.Tensor]
+
+
+@dataclass
+class PerLinearPruner:
+    """Turns a per-Linear function ``(weight, stats, pattern) -> weight`` into a block pruner.
+
+    ``make_stat`` builds the statistic the function needs from ``in_features`` (None: the
+    method needs no calibration data, and the engine then runs no calibration pass).
+    With ``sequential`` the statistics are gathered again before each group of Linears, so
+    that e.g. ``o_proj`` sees the output of already pruned q/k/v.
+    """
+
+    name: str
+    prune_fn: LinearPruneFn
+    make_stat: Callable[[int], Statistic] | None = None
+    sequential: bool = False
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.make_stat is not None
+
+    def prune_block(self, block: BlockContext) -> None:
+        groups = block.groups if self.sequential else [LinearGroup("all", list(block.linears))]
+        stats: dict[str, object] = {}
+        for group in groups:
+            if self.make_stat is not None:
+                stats = block.collect(self.make_stat, group.names)
+            for name in group.names:
+                linear = block.linears[name]
+                block.pattern.check_columns(linear.in_features, name)
+                start = time.perf_counter()
+                pruned = self.prune_fn(linear.weight.data, stats.get(name), block.pattern)
+                linear.weight.data.copy_(pruned.to(linear.weight.dtype))
+                block.record_linear(name, time.perf_counter() - start)

@@ -1,0 +1,129 @@
+"""Sparsity patterns and exact mask selection.
+
+One value type, `SparsityPattern`, describes what a pruner must reach:
+
+* unstructured: a fraction ``ratio`` of zeros (``0.7``, ``"70%"``);
+* N:M: ``n_zero`` zeros in every ``m`` consecutive input weights of a row (``"2:4"``,
+  ``"3:4"``). This is the pruning literature's convention (N counts *zeros*); NVIDIA's
+  hardware notation counts kept weights instead, and the two agree only for 2:4.
+
+The mask helpers select *exactly* the requested number of entries with a stable sort, so
+ties (frequent in weights dequantized from a 4-bit grid) never over- or under-prune.
+Every mask returned here is boolean with ``True`` meaning "prune this weight".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+ACCEPTED = (
+    "a fraction in [0, 1) such as 0.7, a percentage such as '70%', "
+    "or an N:M pattern 'N:M' with 0 < N < M (N zeros in every M weights) such as 2:4 or 3:4"
+)
+
+
+@dataclass(frozen=True)
+class SparsityPattern:
+    """Target sparsity: unstructured (``n_zero``/``m`` are None) or N:M."""
+
+    ratio: float
+    n_zero: int | None = None
+    m: int | None = None
+
+    @property
+    def is_nm(self) -> bool:
+        """True for an N:M pattern."""
+        return self.m is not None
+
+    @property
+    def label(self) -> str:
+        """Canonical text form used in run ids and tables: ``0.7`` or ``2:4``."""
+        if self.is_nm:
+            return f"{self.n_zero}:{self.m}"
+        return f"{self.ratio:g}"
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def parse(cls, value: object) -> "SparsityPattern":
+        """Parse ``0.7``, ``"0.7"``, ``"70%"``, ``"2:4"``; raise ValueError naming the value."""
+        if isinstance(value, SparsityPattern):
+            return value
+        bad = ValueError(f"sparsity={value!r} is not valid: use {ACCEPTED}")
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            ratio = float(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            if ":" in text:
+                parts = text.split(":")
+                if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                    raise bad
+                n_zero, m = int(parts[0]), int(parts[1])
+                if not 0 < n_zero < m:
+                    raise bad
+                return cls(ratio=n_zero / m, n_zero=n_zero, m=m)
+            try:
+                ratio = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not (math.isfinite(ratio) and 0.0 <= ratio < 1.0):
+            raise bad
+        return cls(ratio=ratio)
+
+    def check_columns(self, in_features: int, name: str = "weight") -> None:
+        """Raise if an N:M pattern cannot tile a row of ``in_features`` inputs."""
+        if self.is_nm and in_features % self.m:
+            raise ValueError(
+                f"sparsity={self.label} needs the input size of {name} to be a multiple of "
+                f"{self.m}, got {in_features}"
+            )
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the ``k`` lowest scores of the whole tensor (stable on ties)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        order = torch.argsort(scores.reshape(-1), stable=True)
+        mask[order[:k]] = True
+    return mask.view_as(scores)
+
+
+def lowest_k_per_row_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the ``k`` lowest scores of every row (stable on ties)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.argsort(scores, dim=1, stable=True)
+        mask.scatter_(1, order[:, :k], True)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n_zero: int, m: int) -> torch.Tensor:
+    """Mask of the ``n_zero`` lowest scores in every group of ``m`` consecutive columns."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M pattern with M={m} needs a multiple of {m} columns, got {cols}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.argsort(groups, dim=2, stable=True)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(2, order[..., :n_zero], True)
+    return mask.reshape(rows, cols)
+
+
+def select_mask(scores: torch.Tensor, pattern: SparsityPattern, per_row: bool) -> torch.Tensor:
+    """The pruning mask for ``scores`` under ``pattern``.
+
+    Unstructured: ``int(numel * ratio)`` entries of the whole matrix, or ``int(cols * ratio)``
+    of every row when ``per_row``. N:M is always per row and group.
+    """
+    if pattern.is_nm:
+        return nm_mask(scores, pattern.n_zero, pattern.m)
+    if per_row:
+        return lowest_k_per_row_mask(scores, int(scores.shape[1] * pattern.ratio))
+    return lowest_k_mask(scores, int(scores.numel() * pattern.ratio))

@@ -1,0 +1,179 @@
+"""SparseLLM: prune the MLP jointly against the dense block's MLP output.
+
+Sample config (``conf/pruner/sparsellm.yaml``)::
+
+    _target_: pruners.sparsellm.build
+    name: sparsellm
+    alpha: null          # null: family default (OPT/ReLU 0.1, LLaMA/gated SiLU 5.0)
+    beta: null
+    gamma: null
+    iterations: 4
+    refit: lstsq         # or none: keep the dense down/fc2 and only re-prune it
+    refresh_mlp_inputs: false
+
+Per block: capture the MLP input ``X`` (input of up/fc1) and the dense MLP output ``Y``
+(output of down/fc2) first; prune the attention Linears with SparseGPT (Hessians gathered in
+one pass over the still-dense block, as published); with ``refresh_mlp_inputs`` re-capture
+``X`` after that (``Y`` stays the dense target). Then optimize the MLP with the alternating
+updates of ``pruners.sparsellm_math`` and write its pruned weights back in place. Per
+iteration k the block records ``objective`` (the full weighted objective) and
+``mlp_rel_error`` (``||MLP(X) - Y|| / ||Y||`` with that iteration's pruned weights), plus
+``best_iteration``. The MLP Linears' recorded time is the joint optimization time, split
+evenly among them.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import BlockContext
+from .sparsegpt import Hessian, sparsegpt_prune
+from .sparsellm_math import optimize_mlp_gated, optimize_mlp_relu
+
+# Official values per MLP kind: OPT code alpha = beta = gamma = 0.1, LLaMA code 5.0.
+FAMILY_DEFAULTS = {
+    "relu": {"alpha": 0.1, "beta": 0.1, "gamma": 0.1},
+    "gated_silu": {"alpha": 5.0, "beta": 5.0, "gamma": 5.0},
+}
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class SparseLLMPruner:
+    """Block pruner: SparseGPT on attention, SparseLLM's joint optimization on the MLP."""
+
+    name: str = "sparsellm"
+    alpha: float | None = None
+    beta: float | None = None
+    gamma: float | None = None
+    iterations: int = 4
+    refit: str = "lstsq"
+    blocksize: int = 128
+    percdamp: float = 0.01
+    refresh_mlp_inputs: bool = False
+    storage_dtype: str = "float32"
+    keep_best: bool = True
+    ridge: float = 1e-4
+    s_steps: int = 3
+    chunk_tokens: int = 8192
+    family_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in FAMILY_DEFAULTS.items()})
+    needs_calibration: bool = True
+
+    def hyperparameters(self, kind: str) -> dict[str, float]:
+        """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
+        if kind not in self.family_defaults:
+            raise ValueError(f"SparseLLM: unknown MLP kind {kind!r}; known: {sorted(self.family_defaults)}")
+        defaults = self.family_defaults[kind]
+        given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
+        return {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+
+    def prune_block(self, block: BlockContext) -> None:
+        """Prune ``block.linears`` in place to ``block.pattern``."""
+        pattern, spec = block.pattern, block.mlp
+        for lin_name, linear in block.linears.items():
+            pattern.check_columns(linear.in_features, lin_name)
+        if not pattern.is_nm and pattern.ratio == 0:
+            return
+        hyper = self.hyperparameters(spec.kind)
+        mlp_names = [spec.up, spec.down] + ([spec.gate] if spec.gate else [])
+        attn = [n for g in block.groups if g.role in ("attn_in", "attn_out") for n in g.names]
+        attn = [n for n in attn if n not in mlp_names]
+
+        captured = block.capture([spec.up, spec.down])
+        X, Y = captured[spec.up][0], captured[spec.down][1]
+        del captured  # the d_ff-wide tensors captured alongside are not needed
+
+        if attn:
+            stats = block.collect(Hessian, attn)
+            for lin_name in attn:
+                linear = block.linears[lin_name]
+                start = time.perf_counter()
+                pruned = sparsegpt_prune(linear.weight.data, stats[lin_name], pattern,
+                                         self.blocksize, self.percdamp)
+                linear.weight.data.copy_(pruned.to(linear.weight.dtype))
+                block.record_linear(lin_name, time.perf_counter() - start)
+            del stats
+        if self.refresh_mlp_inputs:
+            X = block.capture([spec.up])[spec.up][0]
+
+        start = time.perf_counter()
+        options = dict(iterations=self.iterations, refit=self.refit, blocksize=self.blocksize,
+                       percdamp=self.percdamp, storage_dtype=STORAGE_DTYPES[self.storage_dtype],
+                       keep_best=self.keep_best, ridge=self.ridge, s_steps=self.s_steps,
+                       chunk=self.chunk_tokens, **hyper)
+        lin = block.linears
+        bias = {n: (lin[n].bias.data if lin[n].bias is not None else None) for n in mlp_names}
+        if spec.kind == "relu":
+            w_up, w_down, history = optimize_mlp_relu(
+                X, Y, lin[spec.up].weight.data, bias[spec.up], lin[spec.down].weight.data,
+                bias[spec.down], pattern, **options)
+            new = {spec.up: w_up, spec.down: w_down}
+        elif spec.kind == "gated_silu":
+            w_gate, w_up, w_down, history = optimize_mlp_gated(
+                X, Y, lin[spec.gate].weight.data, lin[spec.up].weight.data,
+                lin[spec.down].weight.data, pattern, bg=bias[spec.gate], bu=bias[spec.up],
+                bd=bias[spec.down], **options)
+            new = {spec.gate: w_gate, spec.up: w_up, spec.down: w_down}
+        else:
+            raise ValueError(f"SparseLLM: unsupported MLP kind {spec.kind!r}")
+        del X, Y
+        for lin_name, weight in new.items():
+            lin[lin_name].weight.data.copy_(weight.to(lin[lin_name].weight.dtype))
+        seconds = time.perf_counter() - start
+        for lin_name in new:
+            block.record_linear(lin_name, seconds / len(new))
+        for k, (obj, rel) in enumerate(zip(history["objective"], history["mlp_rel_error"]), 1):
+            block.record("objective", obj, step=k)
+            block.record("mlp_rel_error", rel, step=k)
+        block.record("best_iteration", float(history["best_iteration"]))
+
+
+def build(
+    name: str = "sparsellm",
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+    iterations: int = 4,
+    refit: str = "lstsq",
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    refresh_mlp_inputs: bool = False,
+    storage_dtype: str = "float32",
+    family_defaults: Mapping | None = None,
+    keep_best: bool = True,
+    ridge: float = 1e-4,
+    s_steps: int = 3,
+    chunk_tokens: int = 8192,
+) -> SparseLLMPruner:
+    """Builder used by Hydra's ``_target_``.
+
+    ``alpha``/``beta``/``gamma`` left None take the MLP family's default (``FAMILY_DEFAULTS``,
+    keyed by ``MlpSpec.kind``; ``family_defaults`` overrides entries of it).
+    """
+    families = {k: dict(v) for k, v in FAMILY_DEFAULTS.items()}
+    for kind, values in (family_defaults or {}).items():
+        families.setdefault(str(kind), {}).update({str(k): float(v) for k, v in values.items()})
+    for kind, values in families.items():
+        missing = {"alpha", "beta", "gamma"} - set(values)
+        if missing:
+            raise ValueError(f"family_defaults[{kind!r}] lacks {sorted(missing)}")
+    for label, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{label} must be > 0 (or null for the family default), got {value}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if refit not in ("lstsq", "none"):
+        raise ValueError(f"refit={refit!r} is not valid: use 'lstsq' or 'none'")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype={storage_dtype!r} is not valid: use one of {sorted(STORAGE_DTYPES)}")
+    if blocksize < 1 or percdamp < 0 or ridge <= 0 or s_steps < 0 or chunk_tokens < 1:
+        raise ValueError("blocksize, chunk_tokens must be >= 1; percdamp >= 0; ridge > 0; s_steps >= 0")
+    return SparseLLMPruner(
+        name=name, alpha=alpha, beta=beta, gamma=gamma, iterations=iterations, refit=refit,
+        blocksize=blocksize, percdamp=percdamp, refresh_mlp_inputs=refresh_mlp_inputs,
+        storage_dtype=storage_dtype, keep_best=keep_best, ridge=ridge, s_steps=s_steps,
+        chunk_tokens=chunk_tokens, family_defaults=families,
+    )

@@ -1,0 +1,248 @@
+"""SparseLLM's MLP optimizer as pure tensor functions (no model, no hooks, no devices moved).
+
+Layout is token-major: ``X`` (tokens x hidden) is the MLP input, ``Y`` (tokens x hidden) the
+dense MLP output, and the auxiliaries ``z``, ``s``, ``p`` are (tokens x d_ff) (the transpose
+of the paper's d_ff x tokens). Weights keep nn.Linear's (out x in) layout. Objectives:
+
+* ReLU (OPT):  ``b||p W2^T + b2 - Y||^2 + g||p - relu(z)||^2 + a||z - (X W1^T + b1)||^2``
+* gated SiLU (LLaMA): ``b||p Wd^T - Y||^2 + g||p - silu(s) * z||^2 + a||z - X Wu^T||^2
+  + a||s - X Wg^T||^2``
+
+Each alternating iteration: refit the weights by least squares (after the first; ``X^+`` is
+one Cholesky factor of ``X^T X`` per block), prune each with SparseGPT (down/fc2's Hessian from
+the current ``p``, mask chosen afresh), then the ``p``, ``z`` (and ``s``) steps. One pass over
+the tokens per iteration does the auxiliary steps, the diagnostics, and the Gram matrices that
+the next iteration's refits need, chunk by chunk. All math is float32 (small factorizations in
+float64); ``z``/``s``/``p`` may be stored in bfloat16.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .pattern import SparsityPattern
+from .sparsegpt import sparsegpt_prune
+
+
+def ridge_cholesky(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Lower Cholesky factor (float64) of ``gram + ridge * mean(diag) * I``.
+
+    The ridge keeps rank-deficient statistics (dead inputs, dead ReLU units) solvable; it is
+    raised tenfold while the float32-accumulated matrix is numerically indefinite.
+    """
+    g = gram.double()
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    lam = ridge * float(g.diagonal().mean().clamp_min(1e-12))
+    for _ in range(8):
+        factor, info = torch.linalg.cholesky_ex(g + lam * eye)
+        if int(info) == 0:
+            return factor
+        lam *= 10.0
+    raise RuntimeError("SparseLLM: Gram matrix is not positive definite even with a large ridge")
+
+
+def lstsq_weight(factor: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """Least-squares weight (out x in) from ``chol(A^T A)`` and ``A^T B`` (in x out)."""
+    return torch.cholesky_solve(cross.double(), factor).t().float().contiguous()
+
+
+def relu_z_step(p: torch.Tensor, m: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Exact elementwise minimizer of ``gamma (p - relu(z))^2 + alpha (z - m)^2``.
+
+    On ``z >= 0`` the objective is a convex quadratic with minimizer
+    ``(gamma p + alpha m) / (gamma + alpha)`` clipped at 0; on ``z <= 0`` it is
+    ``gamma p^2 + alpha (z - m)^2``, minimized by ``min(m, 0)``. The better of the two wins.
+    """
+    z1 = ((gamma * p + alpha * m) / (gamma + alpha)).clamp_(min=0)
+    z2 = m.clamp(max=0)
+    f1 = gamma * (p - z1).square() + alpha * (z1 - m).square()
+    f2 = gamma * p.square() + alpha * (z2 - m).square()
+    return torch.where(f1 <= f2, z1, z2)
+
+
+def _s_objective(s, g, z, p, alpha, gamma):
+    return alpha * (s - g).square() + gamma * (p - z * F.silu(s)).square()
+
+
+def silu_s_step(s, g, z, p, alpha: float, gamma: float, steps: int = 3, halvings: int = 3):
+    """Decrease ``alpha (s - g)^2 + gamma (p - silu(s) z)^2`` elementwise from ``s``.
+
+    Gauss-Newton steps (curvature ``2 alpha + 2 gamma z^2 silu'(s)^2 >= 2 alpha``, so the step
+    is finite and points downhill) with a per-element backtracking line search: a step is
+    taken only where it lowers the element's objective, so no element ever gets worse (the
+    published fixed-rate gradient steps can diverge).
+    """
+    for _ in range(steps):
+        sig = torch.sigmoid(s)
+        dsilu = sig * (1 + s * (1 - sig))
+        resid = p - z * (s * sig)
+        f0 = alpha * (s - g).square() + gamma * resid.square()
+        zd = z * dsilu
+        step = (alpha * (g - s) + gamma * zd * resid) / (alpha + gamma * zd.square())
+        del sig, dsilu, resid, zd
+        new = s.clone()
+        pending = torch.ones_like(s, dtype=torch.bool)
+        t = 1.0
+        for _ in range(halvings + 1):
+            trial = s + t * step
+            better = pending & (_s_objective(trial, g, z, p, alpha, gamma) < f0)
+            new = torch.where(better, trial, new)
+            pending &= ~better
+            t *= 0.5
+        s = new
+    return s
+
+
+def make_p_step(w_down: torch.Tensor, beta: float, gamma: float):
+    """Closure ``(r, u) -> (p, beta * ||p W^T - u||^2)`` for the p step.
+
+    ``p`` minimizes ``beta ||p W^T - u||^2 + gamma ||p - r||^2`` row by row, i.e. solves
+    ``(beta W^T W + gamma I) p = beta W^T u + gamma r`` (d_ff x d_ff). When hidden < d_ff the
+    same solution comes from the smaller hidden x hidden system (push-through identity):
+    ``p = r + beta q W`` with ``q = (u - r W^T) M^-1``, ``M = gamma I + beta W W^T``, and then
+    ``p W^T - u = -gamma q``, so the beta term costs nothing extra.
+    """
+    d, f = w_down.shape
+    w = w_down.double()
+    if d < f:
+        m = gamma * torch.eye(d, dtype=w.dtype, device=w.device) + beta * (w @ w.t())
+        m_inv = torch.cholesky_inverse(torch.linalg.cholesky(m)).float()
+
+        def step(r, u):
+            q = (u - r @ w_down.t()) @ m_inv
+            return torch.addmm(r, q, w_down, alpha=beta), beta * gamma**2 * float(q.square().sum())
+    else:
+        a = beta * (w.t() @ w) + gamma * torch.eye(f, dtype=w.dtype, device=w.device)
+        a_inv = torch.cholesky_inverse(torch.linalg.cholesky(a)).float()
+
+        def step(r, u):
+            p = torch.addmm(gamma * r, u, w_down, alpha=beta) @ a_inv
+            return p, beta * float((p @ w_down.t() - u).square().sum())
+    return step
+
+
+def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, beta, gamma,
+              iterations, refit, blocksize, percdamp, storage_dtype, keep_best, ridge, s_steps,
+              chunk):
+    """Shared alternating loop. ``ins``: list of (aux key, dense weight, bias or None)."""
+    if refit not in ("lstsq", "none"):
+        raise ValueError(f"refit={refit!r}: use 'lstsq' or 'none'")
+    if min(alpha, beta, gamma) <= 0 or iterations < 1:
+        raise ValueError("SparseLLM needs alpha, beta, gamma > 0 and iterations >= 1")
+    tokens, hidden = X.shape
+    d_ff = w_down.shape[1]
+    X = X.float()
+    U = Y.float() - b_down.float() if b_down is not None else Y.float()  # target of p W^T
+    ins = [(key, w.float(), None if b is None else b.float()) for key, w, b in ins]
+    keys = [key for key, _, _ in ins] + ["p"]
+    aux = {k: torch.empty(tokens, d_ff, dtype=storage_dtype, device=X.device) for k in keys}
+    spans = [slice(i, min(i + chunk, tokens)) for i in range(0, tokens, chunk)]
+
+    def act(pre):  # p as a function of the pre-activations (dict by aux key)
+        return F.relu(pre["z"]) if kind == "relu" else F.silu(pre["s"]) * pre["z"]
+
+    def zeros(*shape):
+        return torch.zeros(*shape, dtype=torch.float32, device=X.device)
+
+    # Dense initialization; X^T X and the Gram matrices of p for the first prune of down.
+    gram_x, ptp, ptu = zeros(hidden, hidden), zeros(d_ff, d_ff), zeros(d_ff, hidden)
+    for c in spans:
+        xc = X[c]
+        gram_x.addmm_(xc.t(), xc)
+        pre = {k: xc @ w.t() if b is None else torch.addmm(b, xc, w.t()) for k, w, b in ins}
+        p = act(pre)
+        for k in pre:
+            aux[k][c] = pre[k]
+        aux["p"][c] = p
+        ptp.addmm_(p.t(), p)
+        ptu.addmm_(p.t(), U[c])
+        del pre, p
+    chol_x = ridge_cholesky(gram_x, ridge)  # X^+ once per block
+    h_x = gram_x * (2.0 / tokens)
+    del gram_x
+    current = {k: w for k, w, _ in ins}
+    dense_down = w_down.float()
+    y_norm = float(Y.float().square().sum().sqrt())
+    history = {"objective": [], "mlp_rel_error": [], "best_iteration": None}
+    best = None
+    cross = {}
+    for it in range(1, iterations + 1):
+        if it > 1:
+            for k, _, _ in ins:
+                current[k] = lstsq_weight(chol_x, cross[k])
+        pre_down = lstsq_weight(ridge_cholesky(ptp, ridge), ptu) if it > 1 and refit == "lstsq" else dense_down
+        pruned = {k: sparsegpt_prune(current[k], h_x, pattern, blocksize, percdamp) for k in current}
+        pruned_down = sparsegpt_prune(pre_down, ptp * (2.0 / tokens), pattern, blocksize, percdamp)
+        p_step = make_p_step(pruned_down, beta, gamma)
+        last = it == iterations
+        if not last:
+            cross = {k: zeros(hidden, d_ff) for k in current}
+            ptp.zero_()
+            ptu.zero_()
+        objective = err2 = 0.0
+        for c in spans:
+            xc, uc = X[c], U[c]
+            m = {k: xc @ pruned[k].t() if b is None else torch.addmm(b, xc, pruned[k].t()) for k, _, b in ins}
+            err2 += float((act(m) @ pruned_down.t() - uc).square().sum())  # true MLP error
+            z = aux["z"][c].float()
+            if kind == "relu":
+                p, term_b = p_step(F.relu(z), uc)
+                z = relu_z_step(p, m["z"], alpha, gamma)
+                term_g = float((p - F.relu(z)).square().sum())
+                term_a = float((z - m["z"]).square().sum())
+                new = {"z": z, "p": p}
+            else:
+                s = aux["s"][c].float()
+                sig = F.silu(s)
+                p, term_b = p_step(sig * z, uc)
+                z = (alpha * m["z"] + gamma * sig * p) / (alpha + gamma * sig.square())
+                del sig
+                s = silu_s_step(s, m["s"], z, p, alpha, gamma, steps=s_steps)
+                term_g = float((p - F.silu(s) * z).square().sum())
+                term_a = float((z - m["z"]).square().sum() + (s - m["s"]).square().sum())
+                new = {"z": z, "s": s, "p": p}
+            objective += term_b + gamma * term_g + alpha * term_a
+            for k, v in new.items():
+                aux[k][c] = v
+            if not last:
+                for k, _, b in ins:
+                    cross[k].addmm_(xc.t(), new[k] if b is None else new[k] - b)
+                ptp.addmm_(p.t(), p)
+                ptu.addmm_(p.t(), uc)
+            del m, new, z, p
+        rel = (err2 ** 0.5) / max(y_norm, 1e-30)
+        history["objective"].append(objective)
+        history["mlp_rel_error"].append(rel)
+        finite = all(bool(torch.isfinite(w).all()) for w in [*pruned.values(), pruned_down])
+        if finite and (best is None or not keep_best or rel <= best[0]):
+            best = (rel, it, pruned, pruned_down)
+    if best is None:
+        raise FloatingPointError("SparseLLM: every iterate had non-finite weights")
+    history["best_iteration"] = best[1]
+    return best[2], best[3], history
+
+
+_DEFAULTS = dict(iterations=4, refit="lstsq", blocksize=128, percdamp=0.01,
+                 storage_dtype=torch.float32, keep_best=True, ridge=1e-4, s_steps=3, chunk=8192)
+
+
+def optimize_mlp_relu(X, Y, W1, b1, W2, b2, pattern, alpha=0.1, beta=0.1, gamma=0.1, **options):
+    """OPT MLP ``fc2(relu(fc1(x)))``: return pruned ``(W1, W2, history)``.
+
+    ``history`` has per-iteration ``objective`` and ``mlp_rel_error`` (``||MLP(X) - Y|| /
+    ||Y||`` with that iteration's pruned weights) and ``best_iteration`` (the iterate
+    returned: the lowest MLP error with ``keep_best``, else the last). Options: see
+    ``_DEFAULTS`` (``refit="none"`` re-prunes the dense W2 each iteration instead of refitting).
+    """
+    opts = {**_DEFAULTS, **options}
+    w, w_down, hist = _optimize("relu", X, Y, [("z", W1, b1)], W2, b2, pattern, alpha, beta, gamma, **opts)
+    return w["z"], w_down, hist
+
+
+def optimize_mlp_gated(X, Y, Wg, Wu, Wd, pattern, alpha=5.0, beta=5.0, gamma=5.0,
+                       bg=None, bu=None, bd=None, **options):
+    """LLaMA MLP ``down(silu(gate(x)) * up(x))``: return pruned ``(Wg, Wu, Wd, history)``."""
+    opts = {**_DEFAULTS, **options}
+    ins = [("z", Wu, bu), ("s", Wg, bg)]
+    w, w_down, hist = _optimize("gated_silu", X, Y, ins, Wd, bd, pattern, alpha, beta, gamma, **opts)
+    return w["s"], w["z"], w_down, hist

@@ -1,0 +1,263 @@
+"""The layer-by-layer engine (SparseGPT's "sequential" protocol), for any pruner and family.
+
+1. Capture the inputs of decoder block 0 for every calibration batch, with every positional
+   and keyword argument the model passes to it (masks, position ids, rotary embeddings).
+2. For each block in order: move it to the device; if selected, let the pruner gather the
+   statistics it needs (through ``BlockRun.collect``/``capture``) and prune; run the block
+   (now pruned) on the inputs to get the next block's inputs; move it back.
+
+Only one block is on the accelerator at a time. A pruner that needs no calibration data
+(magnitude) gets no calibration pass at all, unless per-block diagnostics are asked for.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pruners.base import BlockPruner, LinearGroup, MlpSpec
+from pruners.pattern import SparsityPattern
+
+from .adapters import FamilyAdapter
+from .progress import progress
+
+log = logging.getLogger(__name__)
+
+LAYERS_ACCEPTED = "'all', 'first_half', a range 'A-B' (inclusive), or a list of block indices"
+
+
+@dataclass
+class Batch:
+    """Inputs of one block call: hidden states plus the other arguments the model passed."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+class _Captured(Exception):
+    """Raised by the block-0 hook to stop the model forward once the inputs are captured."""
+
+
+def _to(value, device):
+    """Move tensors (also inside tuples/lists/dicts) to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor,
+                         device: str, batch_size: int = 1) -> list[Batch]:
+    """Run the model up to block 0 on ``tokens`` (n x seqlen) and keep block 0's inputs."""
+    block0 = adapter.blocks(model)[0]
+    parts = adapter.pre_block_modules(model) + [block0]
+    batches: list[Batch] = []
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        batches.append(Batch(hidden, tuple(args[1:]), kwargs))
+        raise _Captured
+
+    for part in parts:
+        part.to(device)
+    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, len(tokens), batch_size):
+            try:
+                model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+        if device != "cpu":
+            for part in parts:
+                part.to("cpu")
+    return batches
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, batches: list[Batch]) -> list[torch.Tensor]:
+    """The block's output hidden states for every batch."""
+    outputs = []
+    for b in batches:
+        out = block(b.hidden, *b.args, **b.kwargs)
+        # transformers 5 returns a tensor; older releases a tuple whose [0] is the hidden state.
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return outputs
+
+
+def resolve_layers(spec, n_blocks: int | None = None) -> list[int] | str:
+    """Turn ``prune.layers`` into sorted block indices (or check its syntax when ``n_blocks`` is None)."""
+    bad = ValueError(f"prune.layers={spec!r} is not valid: use {LAYERS_ACCEPTED}")
+    if isinstance(spec, str) and spec in ("all", "first_half"):
+        if n_blocks is None:
+            return spec
+        return list(range(n_blocks if spec == "all" else n_blocks // 2))
+    if isinstance(spec, str):
+        parts = spec.split("-")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise bad
+        first, last = int(parts[0]), int(parts[1])
+        if first > last:
+            raise bad
+        indices = list(range(first, last + 1))
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        indices = [spec]
+    else:
+        try:
+            indices = sorted({int(i) for i in spec})
+        except (TypeError, ValueError):
+            raise bad from None
+    if not indices or min(indices) < 0 or (n_blocks is not None and max(indices) >= n_blocks):
+        where = f" (the model has {n_blocks} blocks: 0-{n_blocks - 1})" if n_blocks is not None else ""
+        raise ValueError(f"prune.layers={spec!r} selects no valid block{where}: use {LAYERS_ACCEPTED}")
+    return indices
+
+
+@dataclass
+class BlockRun:
+    """The ``BlockContext`` the engine hands a pruner for one block (see pruners/base.py)."""
+
+    index: int
+    block: nn.Module
+    pattern: SparsityPattern
+    linears: dict[str, nn.Linear]
+    groups: list[LinearGroup]
+    mlp: MlpSpec
+    batches: list[Batch]
+    dense_outputs: list[torch.Tensor] | None = None
+    diagnostics: list[tuple[str, int | None, float]] = field(default_factory=list)
+    linear_seconds: dict[str, float] = field(default_factory=dict)
+
+    def _run(self) -> None:
+        outputs = run_block(self.block, self.batches)
+        if self.dense_outputs is None and not self.linear_seconds:  # nothing pruned yet
+            self.dense_outputs = outputs
+
+    def collect(self, make_stat, names=None):
+        """Run the block as it is now; one statistic per Linear, shared within an input group."""
+        wanted = set(names or self.linears)
+        stats, handles = {}, []
+        for group in self.groups:
+            members = [n for n in group.names if n in wanted]
+            if not members:
+                continue
+            first = self.linears[members[0]]
+            stat = make_stat(first.in_features)
+            stats.update({n: stat for n in members})
+            handles.append(first.register_forward_pre_hook(
+                lambda _m, args, stat=stat: stat.add(args[0].reshape(-1, args[0].shape[-1]))))
+        try:
+            self._run()
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
+    def capture(self, names):
+        """Run the block as it is now; each named Linear's (inputs, outputs), float32, tokens x features."""
+        seen = {n: ([], []) for n in names}
+
+        def keep(name):
+            def hook(_m, args, out):
+                seen[name][0].append(args[0].reshape(-1, args[0].shape[-1]).float())
+                seen[name][1].append(out.reshape(-1, out.shape[-1]).float())
+            return hook
+
+        handles = [self.linears[n].register_forward_hook(keep(n)) for n in names]
+        try:
+            self._run()
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: (torch.cat(x), torch.cat(y)) for n, (x, y) in seen.items()}
+
+    def record(self, metric: str, value: float, step: int | None = None) -> None:
+        """Attach a per-block diagnostic."""
+        self.diagnostics.append((metric, step, float(value)))
+
+    def record_linear(self, name: str, seconds: float) -> None:
+        """Remember how long pruning one Linear took."""
+        self.linear_seconds[name] = self.linear_seconds.get(name, 0.0) + seconds
+
+
+def _relative_error(pruned: list[torch.Tensor], dense: list[torch.Tensor]) -> float:
+    num = sum(float((p.float() - d.float()).pow(2).sum()) for p, d in zip(pruned, dense))
+    den = sum(float(d.float().pow(2).sum()) for d in dense)
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+@dataclass
+class PruneReport:
+    """Per-Linear rows (``layers.csv``) and per-block diagnostic rows (``blocks.csv``)."""
+
+    layers: list[dict] = field(default_factory=list)
+    blocks: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, pattern: SparsityPattern,
+                calib_tokens: torch.Tensor | None, layers: list[int], device: str,
+                batch_size: int = 1, diagnostics: bool = True) -> PruneReport:
+    """Prune the selected ``layers`` of ``model`` in place, block by block; return the report."""
+    blocks = adapter.blocks(model)
+    need_inputs = pruner.needs_calibration or diagnostics
+    if need_inputs and calib_tokens is None:
+        raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
+    batches = capture_block_inputs(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
+    selected, report = set(layers), PruneReport()
+    last = max(selected, default=-1)
+    for i in progress(range(last + 1), "prune blocks"):
+        block = blocks[i].to(device)
+        if i not in selected:
+            outputs = run_block(block, batches) if batches is not None else None
+        else:
+            start = time.perf_counter()
+            run = BlockRun(i, block, pattern, adapter.linears(block), adapter.linear_groups(block), adapter.mlp,
+                           batches or [])
+            if diagnostics and not pruner.needs_calibration:
+                run._run()
+            pruner.prune_block(run)
+            outputs = run_block(block, batches) if batches is not None else None
+            seconds = time.perf_counter() - start
+            report.blocks.append({"block": i, "metric": "seconds", "step": None, "value": seconds})
+            if diagnostics and run.dense_outputs is not None:
+                err = _relative_error(outputs, run.dense_outputs)
+                report.blocks.append({"block": i, "metric": "rel_output_error", "step": None, "value": err})
+                log.info("block %d pruned in %.1fs, relative output error %.4g", i, seconds, err)
+            report.blocks.extend({"block": i, "metric": m, "step": s, "value": v} for m, s, v in run.diagnostics)
+            for name, linear in run.linears.items():
+                zeros = int((linear.weight == 0).sum())
+                report.layers.append({
+                    "block": i, "name": f"{adapter.blocks_path}.{i}.{name}",
+                    "shape": "x".join(map(str, linear.weight.shape)), "zeros": zeros,
+                    "numel": linear.weight.numel(), "sparsity": zeros / linear.weight.numel(),
+                    "seconds": run.linear_seconds.get(name, 0.0)})
+            del run
+        if outputs is not None:
+            batches = [Batch(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]
+        if device != "cpu":
+            block.to("cpu")
+    return report
+
+
+@torch.no_grad()
+def forward_logits(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor, device: str) -> torch.Tensor:
+    """Logits computed block by block through the engine's own path (used to test the engine)."""
+    batches = capture_block_inputs(model, adapter, tokens, device, batch_size=len(tokens))
+    for block in adapter.blocks(model):
+        block.to(device)
+        batches = [Batch(o, b.args, b.kwargs) for o, b in zip(run_block(block, batches), batches)]
+    hidden = batches[0].hidden
+    for module in adapter.head(model):
+        hidden = module.to(device)(hidden)
+    return hidden

@@ -1,0 +1,98 @@
+"""Provenance of a run: package versions, git revision, hardware, and peak memory."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "omegaconf", "lm_eval", "numpy", "pandas", "gguf")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that can change the numbers."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git_revision(folder: str | os.PathLike | None = None) -> dict[str, str | bool | None]:
+    """Commit of the project checkout and whether it had uncommitted changes."""
+    folder = folder or Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": rev.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware(device: str) -> dict:
+    """The machine a run used."""
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": device}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: fall back to the process-lifetime peak
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Context manager sampling the process's resident memory (and CUDA's peak) while it is open.
+
+    ``peak_rss_mb`` is the highest resident set size seen (sampled every 20 ms, so it is a
+    lower bound of the true peak); ``peak_cuda_mb`` is torch's exact allocator peak.
+    """
+
+    def __init__(self, device: str, interval: float = 0.02):
+        self.device, self.interval = device, interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_rss = _rss_bytes()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    def summary(self) -> dict[str, float | None]:
+        """Peaks in MiB."""
+        cuda = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
+        return {"peak_rss_mb": self.peak_rss / 2**20, "peak_cuda_mb": cuda}
