@@ -52,7 +52,7 @@ class SparsityPattern:
         """Parse ``0.7``, ``"0.7"``, ``"70%"``, ``"2:4"``; raise ValueError naming the value."""
         if isinstance(value, SparsityPattern):
             return value
-        bad = ValueError(f"sparsity={value!r} is not valid: use {ACCEPTED}")
+        bad = ValueError(f"sparsity={value!r} is not valid: accepted {ACCEPTED}")
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):

@@ -57,7 +57,7 @@ class SparseLLMPruner:
     storage_dtype: str = "float32"
     keep_best: bool = True
     ridge: float = 1e-4
-    s_steps: int = 3
+    s_steps: int = 1
     chunk_tokens: int = 8192
     family_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in FAMILY_DEFAULTS.items()})
     needs_calibration: bool = True
@@ -145,7 +145,7 @@ def build(
     family_defaults: Mapping | None = None,
     keep_best: bool = True,
     ridge: float = 1e-4,
-    s_steps: int = 3,
+    s_steps: int = 1,
     chunk_tokens: int = 8192,
 ) -> SparseLLMPruner:
     """Builder used by Hydra's ``_target_``.

@@ -61,36 +61,55 @@ def relu_z_step(p: torch.Tensor, m: torch.Tensor, alpha: float, gamma: float) ->
 
 
 def _s_objective(s, g, z, p, alpha, gamma):
-    return alpha * (s - g).square() + gamma * (p - z * F.silu(s)).square()
+    r = torch.addcmul(p, z, F.silu(s), value=-1)
+    return (s - g).square_().mul_(alpha).addcmul_(r, r, value=gamma)
 
 
-def silu_s_step(s, g, z, p, alpha: float, gamma: float, steps: int = 3, halvings: int = 3):
-    """Decrease ``alpha (s - g)^2 + gamma (p - silu(s) z)^2`` elementwise from ``s``.
+def silu_s_step(s, g, z, p, alpha: float, gamma: float, steps: int = 1, halvings: int = 3):
+    """Decrease ``alpha (s - g)^2 + gamma (p - silu(s) z)^2`` elementwise, starting from ``s``.
 
-    Gauss-Newton steps (curvature ``2 alpha + 2 gamma z^2 silu'(s)^2 >= 2 alpha``, so the step
-    is finite and points downhill) with a per-element backtracking line search: a step is
-    taken only where it lowers the element's objective, so no element ever gets worse (the
-    published fixed-rate gradient steps can diverge).
+    The objective is separable, so each entry is a 1-D problem. Gauss-Newton steps (curvature
+    ``2 alpha + 2 gamma z^2 silu'(s)^2 >= 2 alpha``: finite, downhill) with a per-entry
+    backtracking line search: an entry moves only where the move lowers its own objective
+    (the published fixed-rate gradient steps can diverge). The full step is tried on every
+    entry; the halvings only on the few entries where it failed. ``s`` is not modified.
     """
     for _ in range(steps):
         sig = torch.sigmoid(s)
-        dsilu = sig * (1 + s * (1 - sig))
-        resid = p - z * (s * sig)
-        f0 = alpha * (s - g).square() + gamma * resid.square()
-        zd = z * dsilu
-        step = (alpha * (g - s) + gamma * zd * resid) / (alpha + gamma * zd.square())
-        del sig, dsilu, resid, zd
-        new = s.clone()
-        pending = torch.ones_like(s, dtype=torch.bool)
-        t = 1.0
-        for _ in range(halvings + 1):
-            trial = s + t * step
-            better = pending & (_s_objective(trial, g, z, p, alpha, gamma) < f0)
-            new = torch.where(better, trial, new)
-            pending &= ~better
-            t *= 0.5
+        silu_s = F.silu(s)  # same rounding as _s_objective, so f0 below equals it exactly
+        zd = (1 + s - silu_s).mul_(sig).mul_(z)  # z * silu'(s), silu' = sig (1 + s (1 - sig))
+        resid = torch.addcmul(p, z, silu_s, value=-1)
+        del sig, silu_s
+        f0 = (s - g).square_().mul_(alpha).addcmul_(resid, resid, value=gamma)
+        step = (g - s).mul_(alpha).addcmul_(zd, resid, value=gamma)
+        step.div_(zd.square_().mul_(gamma).add_(alpha))
+        del zd, resid
+        trial = s + step
+        worse = _s_objective(trial, g, z, p, alpha, gamma) > f0
+        new = torch.where(worse, s, trial)
+        del trial
+        idx = (worse & (step != 0)).reshape(-1).nonzero().squeeze(1)
+        if idx.numel():
+            sub = [t.reshape(-1)[idx] for t in (s, g, z, p, step, f0)]
+            s_b, g_b, z_b, p_b, step_b, f0_b = sub
+            best_b, pending = s_b.clone(), torch.ones_like(s_b, dtype=torch.bool)
+            t = 0.5
+            for _ in range(halvings):
+                trial_b = s_b + t * step_b
+                ok = pending & (_s_objective(trial_b, g_b, z_b, p_b, alpha, gamma) < f0_b)
+                best_b = torch.where(ok, trial_b, best_b)
+                pending &= ~ok
+                t *= 0.5
+            new.view(-1)[idx] = best_b
         s = new
     return s
+
+
+def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
+    """float32 inverse of a well-conditioned SPD float64 matrix (via Cholesky; solving against
+    the identity, since torch.cholesky_inverse is very slow on CPU)."""
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    return torch.cholesky_solve(eye, torch.linalg.cholesky(a)).float()
 
 
 def make_p_step(w_down: torch.Tensor, beta: float, gamma: float):
@@ -106,14 +125,14 @@ def make_p_step(w_down: torch.Tensor, beta: float, gamma: float):
     w = w_down.double()
     if d < f:
         m = gamma * torch.eye(d, dtype=w.dtype, device=w.device) + beta * (w @ w.t())
-        m_inv = torch.cholesky_inverse(torch.linalg.cholesky(m)).float()
+        m_inv = _spd_inverse(m)
 
         def step(r, u):
             q = (u - r @ w_down.t()) @ m_inv
             return torch.addmm(r, q, w_down, alpha=beta), beta * gamma**2 * float(q.square().sum())
     else:
         a = beta * (w.t() @ w) + gamma * torch.eye(f, dtype=w.dtype, device=w.device)
-        a_inv = torch.cholesky_inverse(torch.linalg.cholesky(a)).float()
+        a_inv = _spd_inverse(a)
 
         def step(r, u):
             p = torch.addmm(gamma * r, u, w_down, alpha=beta) @ a_inv
@@ -223,7 +242,7 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
 
 
 _DEFAULTS = dict(iterations=4, refit="lstsq", blocksize=128, percdamp=0.01,
-                 storage_dtype=torch.float32, keep_best=True, ridge=1e-4, s_steps=3, chunk=8192)
+                 storage_dtype=torch.float32, keep_best=True, ridge=1e-4, s_steps=1, chunk=8192)
 
 
 def optimize_mlp_relu(X, Y, W1, b1, W2, b2, pattern, alpha=0.1, beta=0.1, gamma=0.1, **options):

@@ -97,7 +97,7 @@ def run_block(block: nn.Module, batches: list[Batch]) -> list[torch.Tensor]:
 
 def resolve_layers(spec, n_blocks: int | None = None) -> list[int] | str:
     """Turn ``prune.layers`` into sorted block indices (or check its syntax when ``n_blocks`` is None)."""
-    bad = ValueError(f"prune.layers={spec!r} is not valid: use {LAYERS_ACCEPTED}")
+    bad = ValueError(f"prune.layers={spec!r} is not valid: accepted {LAYERS_ACCEPTED}")
     if isinstance(spec, str) and spec in ("all", "first_half"):
         if n_blocks is None:
             return spec
@@ -119,7 +119,7 @@ def resolve_layers(spec, n_blocks: int | None = None) -> list[int] | str:
             raise bad from None
     if not indices or min(indices) < 0 or (n_blocks is not None and max(indices) >= n_blocks):
         where = f" (the model has {n_blocks} blocks: 0-{n_blocks - 1})" if n_blocks is not None else ""
-        raise ValueError(f"prune.layers={spec!r} selects no valid block{where}: use {LAYERS_ACCEPTED}")
+        raise ValueError(f"prune.layers={spec!r} selects no valid block{where}: accepted {LAYERS_ACCEPTED}")
     return indices
 
 

@@ -1,0 +1,111 @@
+"""The layer-by-layer engine reproduces the full model and prunes exactly what it is told."""
+import copy
+
+import pytest
+import torch
+
+from pruners.dense import DensePruner
+from pruners.magnitude import build as magnitude
+from pruners.pattern import SparsityPattern
+from pruners.wanda import build as wanda
+from runners.adapters import adapter_for
+from runners.engine import capture_block_inputs, forward_logits, prune_model, resolve_layers
+from tests.conftest import tiny_model
+
+
+def _tokens(n=3, seqlen=24, vocab=1000):
+    return torch.randint(0, vocab, (n, seqlen))
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_block_by_block_equals_full_forward(name):
+    """Logits computed block by block (captured block-0 arguments) equal model(ids).logits."""
+    model = tiny_model(name)
+    ids = _tokens()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    torch.testing.assert_close(forward_logits(model, adapter_for(model), ids, "cpu"), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+@pytest.mark.parametrize("pruner", [wanda(), magnitude(), DensePruner()])
+def test_sparsity_zero_leaves_model_unchanged(name, pruner):
+    """Pruning at sparsity 0 through the engine changes no weight and no logit; block error is 0."""
+    model = tiny_model(name)
+    ids = _tokens()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    state = copy.deepcopy(model.state_dict())
+    report = prune_model(model, adapter_for(model), pruner, SparsityPattern.parse(0), ids, [0, 1, 2], "cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
+    errors = [r["value"] for r in report.blocks if r["metric"] == "rel_output_error"]
+    assert errors == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_engine_prunes_selected_blocks_only(name):
+    """Only the selected blocks are pruned, each Linear to the exact per-row count; others untouched."""
+    model = tiny_model(name)
+    adapter = adapter_for(model)
+    original = copy.deepcopy(model)
+    report = prune_model(model, adapter, wanda(), SparsityPattern.parse(0.5), _tokens(), [1], "cpu")
+    for i, (block, ref) in enumerate(zip(adapter.blocks(model), adapter.blocks(original))):
+        for lname, linear in adapter.linears(block).items():
+            if i == 1:
+                assert ((linear.weight == 0).sum(1) == linear.in_features // 2).all(), lname
+            else:
+                assert torch.equal(linear.weight, ref.get_submodule(lname).weight), lname
+    assert {r["block"] for r in report.layers} == {1}
+    assert len(report.layers) == len(adapter.linears(adapter.blocks(model)[1]))
+
+
+def test_magnitude_runs_no_calibration_pass():
+    """Magnitude without diagnostics never runs a block forward (it needs no data)."""
+    model = tiny_model("tiny-llama")
+    adapter = adapter_for(model)
+    calls = []
+    for block in adapter.blocks(model):
+        block.register_forward_hook(lambda *a: calls.append(1))
+    prune_model(model, adapter, magnitude(), SparsityPattern.parse(0.5), None, [0, 1, 2], "cpu", diagnostics=False)
+    assert calls == []
+    assert all(((b.mlp.up_proj.weight == 0).sum() == b.mlp.up_proj.weight.numel() // 2) for b in adapter.blocks(model))
+
+
+def test_llama_block_receives_rotary_embeddings():
+    """The captured block-0 arguments of a LLaMA model carry position_embeddings (cos, sin)."""
+    model = tiny_model("tiny-llama")
+    batches = capture_block_inputs(model, adapter_for(model), _tokens(2, 16), "cpu", batch_size=2)
+    cos, sin = batches[0].kwargs["position_embeddings"]
+    assert cos.shape[-2] == 16 and sin.shape == cos.shape
+
+
+@pytest.mark.parametrize("spec,expected", [("all", [0, 1, 2, 3]), ("first_half", [0, 1]), ("1-2", [1, 2]),
+                                           ([3, 0], [0, 3]), (2, [2])])
+def test_resolve_layers(spec, expected):
+    """prune.layers forms resolve to the right block indices."""
+    assert resolve_layers(spec, 4) == expected
+
+
+@pytest.mark.parametrize("spec", ["half", "3-1", "0-9", [7], "x-y"])
+def test_resolve_layers_rejects(spec):
+    """Bad prune.layers values are one-line errors naming the value."""
+    with pytest.raises(ValueError, match="prune.layers"):
+        resolve_layers(spec, 4)
+
+
+@pytest.mark.slow
+def test_smollm2_engine_reproduces_logits(smollm2):
+    """On SmolLM2, the engine's block-by-block path and dense pruning reproduce the full logits."""
+    model, tokenizer = smollm2
+    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog. " * 6).input_ids[:64]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    adapter = adapter_for(model)
+    torch.testing.assert_close(forward_logits(model, adapter, ids, "cpu"), expected, rtol=1e-4, atol=1e-4)
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, adapter, wanda(), SparsityPattern.parse(0), ids, list(range(30)), "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(input_ids=ids).logits, expected, rtol=0, atol=0)

@@ -1,0 +1,90 @@
+"""End-to-end multirun sweeps on tiny models: results store, dense baseline, resume after a kill."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from runners.store import load_metrics, read_manifest
+from tests.conftest import ROOT, data_dir
+
+pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
+SWEEP = ["-m", "model=tiny-llama", "pruner=magnitude,wanda", "sparsity=0.5,2:4", "protocol=smoke",
+         "eval.datasets=[wikitext2,c4]"]
+
+
+def _run(results, extra=(), **kw):
+    args = [sys.executable, "run.py", *SWEEP, f"results.dir={results}", f"data.local_dir={data_dir()}", *extra]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def _manifests(results):
+    return {p.parent.name: read_manifest(p.parent) for p in (results / "runs").glob("*/manifest.json")}
+
+
+def test_sweep_killed_midway_resumes_without_duplicates(tmp_path):
+    """A sweep killed after its first runs, then re-run, ends with each run once and nothing lost."""
+    results = tmp_path / "results"
+    proc = _run(results)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_manifests(results)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = _manifests(results)
+    assert 1 <= len(first) < 5, "the kill should land midway"
+    stamps = {k: (results / "runs" / k / "manifest.json").stat().st_mtime_ns for k in first}
+
+    proc = _run(results)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    final = _manifests(results)
+    assert len(final) == 5  # 4 pruned runs + 1 dense baseline
+    assert sum(k.split("__")[1] == "dense" for k in final) == 1
+    for k, stamp in stamps.items():  # finished runs were skipped, not redone
+        assert (results / "runs" / k / "manifest.json").stat().st_mtime_ns == stamp
+    metrics = load_metrics(results)
+    assert not metrics.duplicated(["run_id", "dataset", "metric"]).any()
+    assert len(metrics) == 5 * 2
+    assert set(metrics[metrics.dataset == "c4"]["status"]) == {"unavailable"}
+    assert (metrics[metrics.dataset == "wikitext2"]["status"] == "ok").all()
+    assert "| wanda" in out and "2:4 wikitext2" in out  # the table printed at the end
+    assert not list(results.glob("runs/*/.*.tmp*"))  # no half-written files left behind
+
+
+def test_run_files_and_provenance(tmp_path):
+    """A run writes metrics/layers/blocks/manifest with provenance and exact measured sparsity."""
+    results = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "run.py", "model=tiny-opt", "pruner=wanda", "sparsity=3:4",
+                           "protocol=smoke", "eval.datasets=[wikitext2]", f"results.dir={results}",
+                           f"data.local_dir={data_dir()}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (folder,) = [p for p in (results / "runs").iterdir() if "__wanda__" in p.name]
+    manifest = read_manifest(folder)
+    assert manifest["status"] == "ok" and manifest["measured_sparsity"] == pytest.approx(0.75)
+    for key in ("versions", "git", "hardware", "seconds", "memory", "config", "seed"):
+        assert manifest[key] is not None, key
+    assert manifest["memory"]["prune"]["peak_rss_mb"] > 0 and manifest["seconds"]["prune"] > 0
+    layers = pd.read_csv(folder / "layers.csv")
+    assert len(layers) == 3 * 6 and (layers["sparsity"] == 0.75).all()
+    blocks = pd.read_csv(folder / "blocks.csv")
+    assert set(blocks[blocks.metric == "rel_output_error"]["block"]) == {0, 1, 2}
+    metrics = pd.read_csv(folder / "metrics.csv")
+    for col in ("model", "pruner", "sparsity", "layers", "dataset", "metric", "value", "status"):
+        assert col in metrics.columns
+    assert metrics.loc[0, "sparsity"] == "3:4" and metrics.loc[0, "status"] == "ok"
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
+    """A run that fails (layers out of range) is recorded with status error; the other runs complete."""
+    results = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "run.py", "-m", "model=tiny-opt", "pruner=magnitude",
+                           "prune.layers=5-6,0-1", "protocol=smoke", "eval.datasets=[ptb]", f"results.dir={results}",
+                           f"data.local_dir={data_dir()}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    statuses = sorted(m["status"] for m in _manifests(results).values())
+    assert statuses == ["error", "ok", "ok"]  # failed run, good run, dense baseline
