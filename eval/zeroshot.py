@@ -27,10 +27,8 @@ DEFAULT_CACHE = Path("~/.cache/llm-prune-bench/zeroshot")
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
 
-# ----------------------------------------------------------- local rows -> hub schema
 def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _arc(folder: Path, name: str) -> list[dict]:
@@ -105,8 +103,7 @@ def _openbookqa(folder: Path) -> list[dict]:
 # task -> (source files under <local_dir>/zeroshot, converter)
 LOCAL_TASKS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
     "arc_easy": (("arc_easy.test.jsonl",), lambda d: _arc(d, "arc_easy.test.jsonl")),
-    "arc_challenge": (("arc_challenge.test.jsonl",),
-                      lambda d: _arc(d, "arc_challenge.test.jsonl")),
+    "arc_challenge": (("arc_challenge.test.jsonl",), lambda d: _arc(d, "arc_challenge.test.jsonl")),
     "boolq": (("boolq.validation.jsonl",), _boolq),
     "rte": (("rte.validation.jsonl",), _rte),
     "piqa": (("piqa.validation.jsonl", "piqa.validation-labels.lst"), _piqa),
@@ -116,14 +113,10 @@ LOCAL_TASKS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
 
 def _check_sums(local_dir: Path, files: tuple[str, ...]) -> None:
     """Raise if a source file differs from the SHA256SUMS entry next to the data."""
-    sums = local_dir / "SHA256SUMS"
-    if not sums.exists():
+    if not (sums := local_dir / "SHA256SUMS").exists():
         return
-    known = {}
-    for line in sums.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            known[name.strip().removeprefix("./")] = digest
+    pairs = (x.split(maxsplit=1) for x in sums.read_text().splitlines() if x.strip())
+    known = {name.strip().removeprefix("./"): digest for digest, name in pairs}
     for f in files:
         want = known.get(f"zeroshot/{f}")
         if want and hashlib.sha256((local_dir / "zeroshot" / f).read_bytes()).hexdigest() != want:
@@ -142,7 +135,6 @@ def convert_local(task: str, local_dir: str | Path) -> list[dict]:
     return convert(local_dir / "zeroshot")
 
 
-# ------------------------------------------------------------------ task construction
 def _write_if_changed(path: Path, text: str) -> None:
     # Rewriting identical bytes would bump the mtime and void the datasets cache.
     if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -154,37 +146,33 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def prepare_local_task_dir(tasks: list[str], local_dir: str | Path,
                            cache_dir: str | Path | None = None) -> Path:
-    """Convert the local data of ``tasks`` and write runnable task YAMLs; return their dir.
+    """Convert ``tasks``' local data, write runnable task YAMLs, return their folder.
 
-    Raises FileNotFoundError/ValueError for the first task whose data cannot be prepared.
-    """
+    Raises FileNotFoundError/ValueError for the first task whose data cannot be prepared."""
     import lm_eval.tasks
 
     cache = Path(cache_dir or DEFAULT_CACHE).expanduser()
     lm_tasks = Path(lm_eval.tasks.__file__).resolve().parent
-    yaml_dir = cache / "tasks"
     for task in tasks:
         rows = convert_local(task, local_dir)
         template = (TEMPLATE_DIR / f"{task}.yaml").read_text(encoding="utf-8")
         split = re.search(r"^    (\w+): __DATA_FILE__$", template, re.M).group(1)
         data_file = cache / "data" / f"{task}.{split}.jsonl"
-        _write_if_changed(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                             for r in rows))
+        _write_if_changed(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         inc = re.search(r"^include: (\S+)$", template, re.M).group(1)
         # json.dumps gives a valid double-quoted YAML scalar for any path.
         text = template.replace(f"include: {inc}", f"include: {json.dumps(str(lm_tasks / inc))}")
         text = text.replace("__DATA_FILE__", json.dumps(str(data_file)))
-        _write_if_changed(yaml_dir / f"{task}.yaml", text)
-    return yaml_dir
+        _write_if_changed(cache / "tasks" / f"{task}.yaml", text)
+    return cache / "tasks"
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
 
 
 def _load_tasks(tasks: list[str], local_dir: str | None, cache_dir: str | None):
-    """Build lm-eval Task objects; return ({reported name: Task}, {name: why unavailable})."""
+    """Build lm-eval Tasks: ({reported name: Task}, {name: why unavailable}, TaskManager)."""
     from lm_eval.tasks import TaskManager
 
     built: dict[str, Any] = {}
@@ -204,17 +192,20 @@ def _load_tasks(tasks: list[str], local_dir: str | None, cache_dir: str | None):
                 missing[task] = f"{task}: local data unusable ({_first_line(err)})"
         # Only our generated YAMLs are indexed: indexing lm-eval's ~15k defaults takes ~20 s
         # and the includes are absolute, so they are not needed.
-        tm = TaskManager(include_path=str(Path(cache_dir or DEFAULT_CACHE).expanduser()
-                                          / "tasks"), include_defaults=False)
+        yaml_dir = Path(cache_dir or DEFAULT_CACHE).expanduser() / "tasks"
+        tm = TaskManager(include_path=str(yaml_dir), include_defaults=False)
         names = {t: f"{t}_local" for t in ready}
     else:
         tm = TaskManager()
         names = {t: t for t in tasks}
+    where = "local copy" if local_dir is not None else "Hugging Face hub"
     for task, name in names.items():
+        if name not in tm.all_tasks:
+            missing[task] = f"{task}: not a task known to lm-eval (nothing loaded from the {where})"
+            continue
         try:
             built[task] = next(iter(tm.load([name])["tasks"].values()))
         except Exception as err:  # lm-eval raises anything from KeyError to HTTP errors
-            where = "local copy" if local_dir is not None else "Hugging Face hub"
             missing[task] = f"{task}: could not load its dataset from the {where} ({_first_line(err)})"
     return built, missing, tm
 
@@ -241,7 +232,6 @@ def build_local_requests(task: str, local_dir: str | Path, limit: int | None = N
     return [tuple(by_doc[k]) for k in sorted(by_doc)]
 
 
-# ------------------------------------------------------------------------- evaluation
 def _as_float(value: Any) -> float:
     try:
         return float(value)
@@ -266,7 +256,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
     built, missing, tm = _load_tasks(list(tasks), local_dir, cache_dir)
     for msg in missing.values():
         log.warning(msg)
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {}  # keyed by the requested (hub) task name
     if built:
         if device and torch.device(device) != model.device:
             # HFLM ignores `device` for a pre-built model and uses model.device.
@@ -280,24 +270,26 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
                                   limit=limit, task_manager=tm, log_samples=False,
                                   bootstrap_iters=1000)
         finally:
-            random.setstate(states[0]); np.random.set_state(states[1])
+            random.setstate(states[0])
+            np.random.set_state(states[1])
             torch.random.set_rng_state(states[2])
-        by_name = {obj.task_name: task for task, obj in built.items()}
-        results = {by_name[k]: v for k, v in out["results"].items() if k in by_name}
+        res_all = out["results"]
+        results = {t: res_all[o.task_name] for t, o in built.items() if o.task_name in res_all}
 
     rows: list[dict] = []
     ok: dict[str, dict[str, float]] = {}
     for task in tasks:
-        if task in missing or task not in results:
-            msg = missing.get(task, f"{task}: lm-eval returned no result")
+        if task not in results:
+            msg = missing.get(task) or f"{task}: lm-eval returned no result"
+            if task not in missing:
+                log.warning(msg)
             rows.append({"dataset": task, "metric": "acc", "value": math.nan,
                          "status": "unavailable", "message": msg})
             continue
         res = results[task]
-        vals = {m: _as_float(res[f"{m},none"]) for m in METRICS if f"{m},none" in res}
-        ok[task] = vals
+        ok[task] = {m: _as_float(res[f"{m},none"]) for m in METRICS if f"{m},none" in res}
         rows += [{"dataset": task, "metric": m, "value": v, "status": "ok", "message": ""}
-                 for m, v in vals.items()]
+                 for m, v in ok[task].items()]
     for metric in ("acc", "acc_norm"):
         have = [t for t in ok if metric in ok[t]]
         if have:

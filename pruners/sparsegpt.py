@@ -48,34 +48,41 @@ class Hessian:
             return
         total = self.tokens + batch
         # Running mean: rescale the old mean, then add this batch's share, so the values stay
-        # O(1) however many tokens are seen (a plain sum would lose float32 precision).
-        self.matrix.mul_(self.tokens / total).addmm_(x.T, x, alpha=2.0 / total)
+        # O(1) however many tokens are seen (a plain sum would lose float32 precision). One
+        # fused kernel (beta rescales in place).
+        self.matrix.addmm_(x.T, x, beta=self.tokens / total, alpha=2.0 / total)
         self.tokens = total
 
 
-def _dampened_upper_inverse(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+def _dampened_upper_inverse(
+    hessian: torch.Tensor, dead: torch.Tensor | None, percdamp: float
+) -> torch.Tensor:
     """``U`` upper triangular with ``U^T U = (H + percdamp * mean(diag H) * I)^-1``.
 
-    ``H`` itself is not modified. The published recipe factors ``H``, inverts it and factors
-    the inverse (three O(n^3) steps; the second factorization is where float32 breaks down on
-    ill-conditioned ``H``). Same result via the reversal permutation ``J``: with ``J H J = L L^T``,
-    ``R = J L J`` is upper triangular and ``H = R R^T``, so ``H^-1 = R^-T R^-1`` and by
-    uniqueness of the Cholesky factor ``U = R^-1 = J L^-1 J``: one factorization and one
-    triangular inverse.
+    ``H`` itself is not modified: the dead inputs' ``H_jj := 1`` and the dampening go to a
+    copy, so repeated calls on one statistic never compound.
+
+    The published recipe factors ``H``, inverts it and factors the inverse (three O(n^3)
+    steps; the second factorization is where float32 breaks down on ill-conditioned ``H``).
+    Same result via the reversal permutation ``J``: with ``J H J = L L^T``, ``R = J L J`` is
+    upper triangular and ``H = R R^T``, so ``H^-1 = R^-T R^-1`` and, the Cholesky factor being
+    unique, ``U = R^-1 = J L^-1 J``: one factorization and one triangular inverse.
     """
-    n = hessian.shape[0]
-    damp = percdamp * torch.diagonal(hessian).mean()
-    flipped = hessian.flip(0, 1)  # a copy: J H J
-    flipped.diagonal().add_(damp)
+    flipped = hessian.flip(0, 1)  # J H J, a new tensor: the only copy of H we need
+    diag = flipped.diagonal()
+    if dead is not None:
+        diag[dead.flip(0)] = 1.0
+    mean = diag.mean()  # > 0: live inputs have H_jj > 0, dead ones now 1
+    diag.add_(percdamp * mean)
     factor, info = torch.linalg.cholesky_ex(flipped)
-    boost, tries = damp.clamp_min(1e-8), 0
+    boost, tries = max(percdamp, 1e-3) * mean / 10, 0
     while int(info) != 0:
         # Numerically indefinite H (rank-deficient float32 statistics): add 10x more dampening
         # rather than fail the run; the published percdamp is kept whenever it suffices.
         if tries == 5:
             raise RuntimeError("SparseGPT: the dampened Hessian is not positive definite")
         boost, tries = boost * 10, tries + 1
-        flipped.diagonal().add_(boost)
+        diag.add_(boost)
         factor, info = torch.linalg.cholesky_ex(flipped)
     return _lower_inverse(factor).flip(0, 1)
 
@@ -88,7 +95,7 @@ def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
     pieces are small does the same work as matrix products and ran ~2x faster at n = 1536.
     """
     n = lower.shape[0]
-    if n <= 256:
+    if n <= 768:  # one solve: fewer kernels win below this (each costs ms on a busy CPU)
         eye = torch.eye(n, dtype=lower.dtype, device=lower.device)
         return torch.linalg.solve_triangular(lower, eye, upper=False)
     half = n // 2
@@ -114,7 +121,7 @@ def sparsegpt_prune(
     rows, cols = weight.shape
     pattern.check_columns(cols)
     if not pattern.is_nm and pattern.ratio == 0:
-        return weight.clone()
+        return weight.detach().clone()
     if blocksize < 1:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
     nm = pattern.is_nm
@@ -125,20 +132,25 @@ def sparsegpt_prune(
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
 
     hessian = stats.matrix if isinstance(stats, Hessian) else stats
-    # .clone(): .to() may return the caller's tensor itself, which we must not touch.
-    hessian = hessian.to(device=weight.device, dtype=torch.float32).clone()
+    # May be the caller's own tensor: read only (see _dampened_upper_inverse).
+    hessian = hessian.to(device=weight.device, dtype=torch.float32)
     # Work on W^T (in x out): a column of W is then a contiguous row, which makes the
-    # per-column vector ops of the inner loop cheap.
-    wt = weight.detach().to(torch.float32).t().contiguous()
+    # per-column vector ops of the inner loop cheap. A fresh buffer, never a view of weight.
+    wt = torch.empty(cols, rows, dtype=torch.float32, device=weight.device)
+    wt.copy_(weight.detach().t())
     dead = torch.diagonal(hessian) == 0
-    hessian[dead, dead] = 1.0
-    wt[dead] = 0.0
-    upper = _dampened_upper_inverse(hessian, percdamp)
+    if not dead.any():
+        dead = None
+    else:
+        wt[dead] = 0.0
+    upper = _dampened_upper_inverse(hessian, dead, percdamp)
     diag = torch.diagonal(upper)
 
     width = min(blocksize, cols)
     errs_buf = torch.empty(width, rows, dtype=torch.float32, device=wt.device)
     scales_buf = torch.empty(width, rows, dtype=torch.float32, device=wt.device)
+    # N:M: every entry is written group by group, so one buffer serves all blocks.
+    mask_buf = torch.empty(width, rows, dtype=torch.bool, device=wt.device) if nm else None
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         count = end - start
@@ -147,8 +159,9 @@ def sparsegpt_prune(
         # u_cols[i, :i] = U[:i, i] of this block, made contiguous once for the addmv calls.
         u_cols = upper[start:end, start:end].t().contiguous()
         d_block = diag[start:end].unsqueeze(1)
-        if pattern.is_nm:
-            mask = _nm_block_errors(block, u_cols, d_block, pattern, scales, errs)
+        if nm:
+            mask = mask_buf[:count]
+            _nm_block_errors(block, u_cols, d_block, pattern, scales, errs, mask)
         else:
             # Unstructured: the block's mask depends only on its weights at the block's start,
             # so it (and mask / U_jj) is known before the column loop.
@@ -160,10 +173,13 @@ def sparsegpt_prune(
         # which also bring the pruned entries to ~0) and on all later columns at once.
         wt[start:].addmm_(upper[start:end, start:].t(), errs, alpha=-1.0)
         block.masked_fill_(mask, 0.0)  # exactly zero, not the float residue of w - w
-    return wt.t().contiguous().to(weight.dtype)
+    out = torch.empty(rows, cols, dtype=weight.dtype, device=weight.device)
+    return out.copy_(wt.t())
 
 
-def _block_errors(block: torch.Tensor, u_cols: torch.Tensor, scales: torch.Tensor, errs: torch.Tensor) -> None:
+def _block_errors(
+    block: torch.Tensor, u_cols: torch.Tensor, scales: torch.Tensor, errs: torch.Tensor
+) -> None:
     """Fill ``errs`` (block x rows) with the scaled errors of a block whose mask is known.
 
     Lazy form of ``W[:, j:] -= err_k * U[k, j:]`` for every earlier column k: column i's
@@ -186,14 +202,14 @@ def _nm_block_errors(
     pattern: SparsityPattern,
     scales: torch.Tensor,
     errs: torch.Tensor,
-) -> torch.Tensor:
+    mask: torch.Tensor,
+) -> None:
     """Like ``_block_errors``, choosing each group's N:M mask when the group starts.
 
-    Returns the block's mask (block x rows, True = pruned).
+    Also fills ``mask`` (block x rows, True = pruned).
     """
     m = pattern.m
     errs_t = errs.t()
-    mask = torch.zeros_like(block, dtype=torch.bool)
     group = torch.empty(m, block.shape[1], dtype=block.dtype, device=block.device)
     current = torch.empty_like(block[0])
     for i in range(block.shape[0]):
@@ -202,7 +218,8 @@ def _nm_block_errors(
             # The group's weights as updated by the block's earlier groups. One addmv per
             # column: a (m x i) @ (i x rows) matmul is slower on CPU (threading overhead).
             for j in range(m):
-                torch.addmv(block[i + j], errs_t[:, :i], u_cols[i + j, :i], alpha=-1.0, out=group[j])
+                torch.addmv(block[i + j], errs_t[:, :i], u_cols[i + j, :i], alpha=-1.0,
+                            out=group[j])
             d_group = d_block[i:i + m]
             group_mask = nm_mask((group / d_group).square_().t(), pattern.n_zero, m).t()
             mask[i:i + m] = group_mask
@@ -211,26 +228,26 @@ def _nm_block_errors(
         base = i - offset
         torch.addmv(group[offset], errs_t[:, base:i], u_cols[i, base:i], alpha=-1.0, out=current)
         torch.mul(current, scales[i], out=errs[i])
-    return mask
 
 
 def _lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Same mask as ``pattern.lowest_k_mask`` (the k lowest, ties by position), without a sort.
 
     A stable sort of a 128-column block (~200k scores) costs ~40 ms on one CPU core and
-    dominated the unstructured run; selecting the k-th value is ~10x cheaper. Every score
-    below it is taken, then the first ties in flat index order, which is exactly what the
-    stable sort's first k entries are.
+    dominated the unstructured run; selecting the k-th value is ~10x cheaper. Every score up
+    to it is taken, then the surplus ties at it are dropped from the end, so the first ties
+    in flat index order stay: exactly the stable sort's first k entries. Few full-size
+    kernels on purpose: on a busy 2-core machine each threaded kernel can cost milliseconds.
     """
     flat = scores.reshape(-1)
     if k <= 0 or k >= flat.numel():
         return torch.full_like(scores, k > 0, dtype=torch.bool)
     kth = torch.kthvalue(flat, k).values
-    below = flat < kth
-    ties = flat == kth
-    # Tensor arithmetic, no .item(): stays asynchronous on an accelerator.
-    missing = k - below.sum()
-    mask = below | (ties & (ties.cumsum(0) <= missing))
+    mask = flat <= kth
+    surplus = int(mask.sum()) - k  # one host sync per block; 0 unless the k-th value ties
+    if surplus:
+        ties = torch.nonzero(flat == kth).squeeze(1)
+        mask[ties[-surplus:]] = False
     return mask.view_as(scores)
 
 

@@ -10,6 +10,8 @@ Sample config (``conf/pruner/sparsellm.yaml``)::
     iterations: 4
     refit: lstsq         # or none: keep the dense down/fc2 and only re-prune it
     refresh_mlp_inputs: false
+    storage_dtype: float32   # or bfloat16 for z/s/p storage
+    keep_best: true      # return the iterate of lowest true MLP error (false: the last)
 
 Per block: capture the MLP input ``X`` (input of up/fc1) and the dense MLP output ``Y``
 (output of down/fc2) first; prune the attention Linears with SparseGPT (Hessians gathered in
@@ -41,6 +43,10 @@ FAMILY_DEFAULTS = {
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _copy(families: Mapping) -> dict:
+    return {str(kind): dict(values) for kind, values in families.items()}
+
+
 @dataclass
 class SparseLLMPruner:
     """Block pruner: SparseGPT on attention, SparseLLM's joint optimization on the MLP."""
@@ -58,14 +64,15 @@ class SparseLLMPruner:
     keep_best: bool = True
     ridge: float = 1e-4
     s_steps: int = 1
-    chunk_tokens: int = 8192
-    family_defaults: dict = field(default_factory=lambda: {k: dict(v) for k, v in FAMILY_DEFAULTS.items()})
+    chunk_tokens: int | None = None
+    family_defaults: dict = field(default_factory=lambda: _copy(FAMILY_DEFAULTS))
     needs_calibration: bool = True
 
     def hyperparameters(self, kind: str) -> dict[str, float]:
         """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
         if kind not in self.family_defaults:
-            raise ValueError(f"SparseLLM: unknown MLP kind {kind!r}; known: {sorted(self.family_defaults)}")
+            known = sorted(self.family_defaults)
+            raise ValueError(f"SparseLLM: unknown MLP kind {kind!r}; known: {known}")
         defaults = self.family_defaults[kind]
         given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
         return {k: float(defaults[k] if v is None else v) for k, v in given.items()}
@@ -146,14 +153,14 @@ def build(
     keep_best: bool = True,
     ridge: float = 1e-4,
     s_steps: int = 1,
-    chunk_tokens: int = 8192,
+    chunk_tokens: int | None = None,
 ) -> SparseLLMPruner:
     """Builder used by Hydra's ``_target_``.
 
     ``alpha``/``beta``/``gamma`` left None take the MLP family's default (``FAMILY_DEFAULTS``,
     keyed by ``MlpSpec.kind``; ``family_defaults`` overrides entries of it).
     """
-    families = {k: dict(v) for k, v in FAMILY_DEFAULTS.items()}
+    families = _copy(FAMILY_DEFAULTS)
     for kind, values in (family_defaults or {}).items():
         families.setdefault(str(kind), {}).update({str(k): float(v) for k, v in values.items()})
     for kind, values in families.items():
@@ -168,9 +175,10 @@ def build(
     if refit not in ("lstsq", "none"):
         raise ValueError(f"refit={refit!r} is not valid: use 'lstsq' or 'none'")
     if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage_dtype={storage_dtype!r} is not valid: use one of {sorted(STORAGE_DTYPES)}")
-    if blocksize < 1 or percdamp < 0 or ridge <= 0 or s_steps < 0 or chunk_tokens < 1:
-        raise ValueError("blocksize, chunk_tokens must be >= 1; percdamp >= 0; ridge > 0; s_steps >= 0")
+        raise ValueError(f"storage_dtype={storage_dtype!r} is not valid: use {sorted(STORAGE_DTYPES)}")
+    bad_chunk = chunk_tokens is not None and chunk_tokens < 1
+    if blocksize < 1 or percdamp < 0 or ridge <= 0 or s_steps < 0 or bad_chunk:
+        raise ValueError("need blocksize, chunk_tokens >= 1, percdamp >= 0, ridge > 0, s_steps >= 0")
     return SparseLLMPruner(
         name=name, alpha=alpha, beta=beta, gamma=gamma, iterations=iterations, refit=refit,
         blocksize=blocksize, percdamp=percdamp, refresh_mlp_inputs=refresh_mlp_inputs,

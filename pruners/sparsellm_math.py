@@ -155,6 +155,8 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
     ins = [(key, w.float(), None if b is None else b.float()) for key, w, b in ins]
     keys = [key for key, _, _ in ins] + ["p"]
     aux = {k: torch.empty(tokens, d_ff, dtype=storage_dtype, device=X.device) for k in keys}
+    if chunk is None:  # ~16 MB per d_ff-wide temporary: reused by malloc instead of fresh mmaps
+        chunk = max(256, (1 << 22) // d_ff)
     spans = [slice(i, min(i + chunk, tokens)) for i in range(0, tokens, chunk)]
 
     def act(pre):  # p as a function of the pre-activations (dict by aux key)
@@ -189,7 +191,9 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
         if it > 1:
             for k, _, _ in ins:
                 current[k] = lstsq_weight(chol_x, cross[k])
-        pre_down = lstsq_weight(ridge_cholesky(ptp, ridge), ptu) if it > 1 and refit == "lstsq" else dense_down
+        pre_down = dense_down  # iteration 1, or refit="none"
+        if it > 1 and refit == "lstsq":
+            pre_down = lstsq_weight(ridge_cholesky(ptp, ridge), ptu)
         pruned = {k: sparsegpt_prune(current[k], h_x, pattern, blocksize, percdamp) for k in current}
         pruned_down = sparsegpt_prune(pre_down, ptp * (2.0 / tokens), pattern, blocksize, percdamp)
         p_step = make_p_step(pruned_down, beta, gamma)
@@ -201,7 +205,8 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
         objective = err2 = 0.0
         for c in spans:
             xc, uc = X[c], U[c]
-            m = {k: xc @ pruned[k].t() if b is None else torch.addmm(b, xc, pruned[k].t()) for k, _, b in ins}
+            m = {k: xc @ pruned[k].t() if b is None else torch.addmm(b, xc, pruned[k].t())
+                 for k, _, b in ins}
             err2 += float((act(m) @ pruned_down.t() - uc).square().sum())  # true MLP error
             z = aux["z"][c].float()
             if kind == "relu":
@@ -242,7 +247,7 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
 
 
 _DEFAULTS = dict(iterations=4, refit="lstsq", blocksize=128, percdamp=0.01,
-                 storage_dtype=torch.float32, keep_best=True, ridge=1e-4, s_steps=1, chunk=8192)
+                 storage_dtype=torch.float32, keep_best=True, ridge=1e-4, s_steps=1, chunk=None)
 
 
 def optimize_mlp_relu(X, Y, W1, b1, W2, b2, pattern, alpha=0.1, beta=0.1, gamma=0.1, **options):
@@ -254,7 +259,8 @@ def optimize_mlp_relu(X, Y, W1, b1, W2, b2, pattern, alpha=0.1, beta=0.1, gamma=
     ``_DEFAULTS`` (``refit="none"`` re-prunes the dense W2 each iteration instead of refitting).
     """
     opts = {**_DEFAULTS, **options}
-    w, w_down, hist = _optimize("relu", X, Y, [("z", W1, b1)], W2, b2, pattern, alpha, beta, gamma, **opts)
+    ins = [("z", W1, b1)]
+    w, w_down, hist = _optimize("relu", X, Y, ins, W2, b2, pattern, alpha, beta, gamma, **opts)
     return w["z"], w_down, hist
 
 

@@ -63,21 +63,28 @@ def test_nm_exact_on_ties(prune, label):
 @pytest.mark.slow
 @pytest.mark.parametrize("label", ["0.7", "3:4"])
 def test_exact_counts_on_smollm2(fresh_smollm2, label):
-    """On every Linear of real SmolLM2 blocks: exact per-matrix (magnitude) and per-row (Wanda) counts."""
+    """On real SmolLM2 Linears: exact per-matrix (magnitude), per-row (Wanda) and per-group (N:M) counts.
+
+    SmolLM2's dequantized weights hold some exact zeros (whole groups in places); those are the
+    lowest scores, so each unit ends with max(target, zeros it already had) zeros.
+    """
     from runners.adapters import adapter_for
 
     model, _ = fresh_smollm2
     adapter, p = adapter_for(model), SparsityPattern.parse(label)
-    for block in list(adapter.blocks(model))[:3]:
+    for block in list(adapter.blocks(model))[:3] + [adapter.blocks(model)[-1]]:
         for name, linear in adapter.linears(block).items():
             w = linear.weight.data
+            rows, cols = w.shape
             mag = magnitude_prune(w, None, p)
-            stats = InputNorms(w.shape[1])
-            stats.add(torch.randn(32, w.shape[1]))
+            stats = InputNorms(cols)
+            stats.add(torch.randn(32, cols))
             wan = wanda_prune(w, stats, p)
             if p.is_nm:
+                before = (w == 0).view(rows, -1, p.m).sum(-1).clamp(min=p.n_zero)
                 for out in (mag, wan):
-                    assert ((out == 0).view(w.shape[0], -1, p.m).sum(-1) == p.n_zero).all(), name
+                    assert torch.equal((out == 0).view(rows, -1, p.m).sum(-1), before), name
             else:
-                assert int((mag == 0).sum()) == int(w.numel() * p.ratio), name
-                assert ((wan == 0).sum(1) == int(w.shape[1] * p.ratio)).all(), name
+                k_mat, k_row = int(w.numel() * p.ratio), int(cols * p.ratio)
+                assert int((mag == 0).sum()) == max(k_mat, int((w == 0).sum())), name
+                assert torch.equal((wan == 0).sum(1), (w == 0).sum(1).clamp(min=k_row)), name

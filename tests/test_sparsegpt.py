@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pruners.magnitude import magnitude_prune
-from pruners.pattern import SparsityPattern, lowest_k_mask
+from pruners.pattern import SparsityPattern, lowest_k_mask, nm_mask
 from pruners.sparsegpt import Hessian, _lowest_k_mask, build, sparsegpt_prune
 from pruners.wanda import InputNorms, wanda_prune
 
@@ -101,12 +101,57 @@ def test_single_weight_matches_obs_update(col):
         assert torch.allclose(out[row].double(), textbook, rtol=1e-4, atol=1e-5)
 
 
+def _columnwise_reference(w, h, pattern, blocksize, percdamp=0.01):
+    """Float64 transcription of the published loop: eager rank-1 updates, column by column."""
+    w, h = w.double().clone(), h.double().clone()
+    rows, cols = w.shape
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += percdamp * torch.diagonal(h).mean() * torch.eye(cols, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        w1, u1 = w[:, start:end].clone(), u[start:end, start:end]
+        errs = torch.zeros_like(w1)
+        d = torch.diagonal(u1)
+        mask = torch.zeros_like(w1, dtype=torch.bool)
+        if not pattern.is_nm:
+            mask = lowest_k_mask((w1 / d) ** 2, int(w1.numel() * pattern.ratio))
+        for j in range(end - start):
+            if pattern.is_nm and j % pattern.m == 0:
+                group = (w1[:, j:j + pattern.m] / d[j:j + pattern.m]) ** 2
+                mask[:, j:j + pattern.m] = nm_mask(group, pattern.n_zero, pattern.m)
+            q = w1[:, j].masked_fill(mask[:, j], 0.0)
+            errs[:, j] = (w1[:, j] - q) / d[j]
+            w1[:, j:] -= errs[:, j:j + 1] * u1[j:j + 1, j:]
+            w1[:, j] = q
+        w[:, start:end] = w1
+        w[:, end:] -= errs @ u[start:end, end:]
+    return w
+
+
+@pytest.mark.parametrize("sparsity", ["0.6", "2:4", "3:4"])
+def test_matches_columnwise_reference(sparsity):
+    """Same masks and (to float32 accuracy) same weights as the plain column-by-column loop."""
+    pattern = SparsityPattern.parse(sparsity)
+    x = correlated_inputs(600, 96)
+    x[:, 10] = 0.0
+    stats = hessian_of(x)
+    w = torch.randn(24, 96)
+    out = sparsegpt_prune(w, stats, pattern, blocksize=32)
+    expected = _columnwise_reference(w, stats.matrix, pattern, blocksize=32)
+    assert torch.equal(out == 0, expected == 0)
+    assert torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("sparsity", [0.5, 0.7])
 def test_unstructured_exact_per_block_on_ties(sparsity):
     """Tied weights: each 128-column block loses exactly int(rows*width*s) weights."""
     rows, cols = 48, 320  # blocks of 128, 128 and 64 columns
     w = tied_weight(rows, cols)
-    out = sparsegpt_prune(w, hessian_of(correlated_inputs(512, cols)), SparsityPattern.parse(sparsity))
+    stats = hessian_of(correlated_inputs(512, cols))
+    out = sparsegpt_prune(w, stats, SparsityPattern.parse(sparsity))
     expected_total = 0
     for start in range(0, cols, 128):
         width = min(128, cols - start)
@@ -118,9 +163,11 @@ def test_unstructured_exact_per_block_on_ties(sparsity):
 
 def test_sort_free_selection_equals_stable_sort():
     """The block selection picks exactly pattern.lowest_k_mask's entries, ties included."""
-    scores = torch.randint(0, 5, (64, 128)).float()  # five distinct values: ties everywhere
-    for k in (0, 1, 777, 4096, 8191):
-        assert torch.equal(_lowest_k_mask(scores, k), lowest_k_mask(scores, k))
+    tied = torch.randint(0, 5, (64, 128)).float()  # five distinct values: ties everywhere
+    distinct = torch.rand(64, 128)
+    for scores in (tied, distinct):
+        for k in (0, 1, 777, 4096, 8191):
+            assert torch.equal(_lowest_k_mask(scores, k), lowest_k_mask(scores, k))
 
 
 @pytest.mark.parametrize("sparsity", ["2:4", "3:4"])
@@ -148,6 +195,13 @@ def test_dead_inputs(sparsity):
     out = sparsegpt_prune(torch.randn(16, 64), hessian_of(x), SparsityPattern.parse(sparsity))
     assert torch.isfinite(out).all()
     assert (out[:, [3, 40]] == 0).all()
+
+
+def test_rank_deficient_hessian_without_dampening():
+    """percdamp=0 on a singular Hessian (fewer tokens than inputs) still gives finite weights."""
+    x = correlated_inputs(20, 64)
+    out = sparsegpt_prune(torch.randn(16, 64), hessian_of(x), SparsityPattern.parse(0.5), percdamp=0.0)
+    assert torch.isfinite(out).all() and int((out == 0).sum()) == 16 * 32
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -182,6 +236,15 @@ def test_hessian_is_not_modified():
     raw = sparsegpt_prune(w, stats.matrix, SparsityPattern.parse(0.6))
     assert torch.equal(stats.matrix, before)
     assert torch.equal(first, second) and torch.equal(first, raw)
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_weight_is_not_modified(rows):
+    """The input weight is never written, even when its transpose is already contiguous."""
+    w = torch.randn(rows, 64)
+    before = w.clone()
+    out = sparsegpt_prune(w, hessian_of(correlated_inputs(300, 64)), SparsityPattern.parse("2:4"))
+    assert torch.equal(w, before) and not torch.equal(out, w)
 
 
 def test_config_builds_pruner():
