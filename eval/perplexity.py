@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
+
+from runners.progress import progress
 
 
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -25,23 +25,21 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> t
 
 @torch.no_grad()
 def window_losses(model: torch.nn.Module, batches: torch.Tensor, device: str, batch_size: int = 1,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  desc: str = "perplexity") -> torch.Tensor:
     """Mean next-token cross-entropy of every window (float32), model already on ``device``."""
     losses = []
-    for start in range(0, len(batches), batch_size):
+    for start in progress(range(0, len(batches), batch_size), desc):
         x = batches[start : start + batch_size].to(device)
         logits = model(input_ids=x).logits
         shift = logits[:, :-1].float()
         loss = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
         losses.append(loss.view(x.shape[0], -1).mean(1).cpu())
-        if progress:
-            progress(min(start + batch_size, len(batches)), len(batches))
     return torch.cat(losses)
 
 
 def perplexity(model: torch.nn.Module, ids: torch.Tensor, seqlen: int, device: str,
-               max_windows: int | None = None, batch_size: int = 1, progress=None) -> float:
+               max_windows: int | None = None, batch_size: int = 1, desc: str = "perplexity") -> float:
     """Perplexity of ``model`` on token ids (1 x n); NaN/inf are returned as they are."""
-    losses = window_losses(model, windows(ids, seqlen, max_windows), device, batch_size, progress)
+    losses = window_losses(model, windows(ids, seqlen, max_windows), device, batch_size, desc)
     mean = losses.double().mean().item()
     return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))

@@ -71,7 +71,7 @@ def capture_block_inputs(model: nn.Module, adapter: FamilyAdapter, tokens: torch
         part.to(device)
     handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for start in range(0, len(tokens), batch_size):
+        for start in progress(range(0, len(tokens), batch_size), "capture block-0 inputs"):
             try:
                 model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
             except _Captured:

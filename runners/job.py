@@ -120,7 +120,7 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
             rows.append({"dataset": name, "metric": "ppl", "value": float("nan"), "status": "unavailable",
                          "message": str(err)})
             continue
-        ppl = perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size)
+        ppl = perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size, f"{name} perplexity")
         status = "ok" if math.isfinite(ppl) else "nan"
         log.info("%s perplexity %.4g", name, ppl)
         rows.append({"dataset": name, "metric": "ppl", "value": ppl, "status": status, "message": ""})
