@@ -34,8 +34,8 @@ test-fast: install ## the fast tests only
 bench: install ## time each pruner against one calibration pass on SmolLM2-135M
 	$(PY) -m runners.bench $(DATA_ARG)
 
-report: install ## tables and plots from the results store (results.dir=results)
-	$(PY) -m runners.report
+report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")
+	$(PY) -m runners.report $(ARGS)
 
 clean: ## remove the virtual environment and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache

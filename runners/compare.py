@@ -1,0 +1,72 @@
+"""Our numbers next to the published ones in ``results/reference/published.csv``.
+
+A published row is paired with every run of ours that has the same model, pruner, sparsity,
+layers, dataset and metric (the dense baseline matches whatever ``layers`` says, since it
+prunes nothing), and, where the published row gives ``eval_seqlen``, the same evaluation
+sequence length. A run of ours that failed (one ``dataset=all`` row) is paired with every
+published dataset of its key and shows its status instead of a number and a ratio.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .tables import Table, cell, sparsity_label
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
+KEY = ["model", "pruner", "sparsity", "layers", "dataset", "metric"]
+COLUMNS = KEY + ["our protocol", "ours", "published", "ratio", "published protocol", "source"]
+
+
+def load_published(path: str | Path = REFERENCE) -> pd.DataFrame:
+    """The reference table with canonical sparsity labels and float values."""
+    ref = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in KEY + ["value"] if c not in ref.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+    ref["sparsity"] = ref["sparsity"].map(sparsity_label)
+    ref["value"] = ref["value"].astype(float)
+    for col in ("eval_seqlen", "source", "table", "protocol"):
+        if col not in ref.columns:
+            ref[col] = ""
+    return ref
+
+
+def _protocol(row: pd.Series, no_calibration: frozenset) -> str:
+    windows = "all windows" if row["eval_max_windows"] == "all" else f"first {row['eval_max_windows']} windows"
+    calib = "no calibration" if row["pruner"] == "dense" or row["run_id"] in no_calibration else \
+        f"calib {row['calib_dataset']} {row['calib_nsamples']}x{row['calib_seqlen']}"
+    return f"{row['protocol']}: seqlen {row['eval_seqlen']}, {windows}; {calib}"
+
+
+def compare(metrics: pd.DataFrame, published: pd.DataFrame, no_calibration=frozenset()) -> pd.DataFrame:
+    """One row per (published number, matching run of ours): both values and ours / published.
+
+    ``no_calibration``: run ids whose pruner used no calibration data (said so in "our protocol").
+    """
+    rows = []
+    for _, ref in published.iterrows():
+        ours = metrics[(metrics["model"] == ref["model"]) & (metrics["pruner"] == ref["pruner"])
+                       & (metrics["sparsity"] == ref["sparsity"]) & (metrics["metric"] == ref["metric"])
+                       & metrics["dataset"].isin([ref["dataset"], "all"])]
+        if ref["pruner"] != "dense":
+            ours = ours[ours["layers"] == ref["layers"]]
+        if str(ref["eval_seqlen"]).strip():
+            ours = ours[ours["eval_seqlen"].astype(str) == str(int(float(ref["eval_seqlen"])))]
+        for _, row in ours.iterrows():
+            ok = row["status"] == "ok" and pd.notna(row["value"]) and math.isfinite(float(row["value"]))
+            source = ", ".join(str(ref[c]) for c in ("source", "table") if str(ref[c]).strip())
+            rows.append({**{k: ref[k] for k in KEY}, "our protocol": _protocol(row, frozenset(no_calibration)),
+                         "ours": cell(row["value"], row["status"]), "published": f"{ref['value']:.2f}",
+                         "ratio": f"{float(row['value']) / ref['value']:.3f}" if ok else row["status"],
+                         "published protocol": ref["protocol"], "source": source})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def comparison_table(pairs: pd.DataFrame) -> Table:
+    """The pairs as a flat :class:`Table` (no best marker)."""
+    text = pairs.astype(str).reset_index(drop=True)
+    return Table("Ours vs published (ratio = ours / published)", text,
+                 pd.DataFrame(False, index=text.index, columns=text.columns), index_name=None)
