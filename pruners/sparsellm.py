@@ -13,10 +13,12 @@ Sample config (``conf/pruner/sparsellm.yaml``)::
     storage_dtype: float32   # or bfloat16 for z/s/p storage
     keep_best: true      # return the iterate of lowest true MLP error (false: the last)
 
-Per block: capture the MLP input ``X`` (input of up/fc1) and the dense MLP output ``Y``
-(output of down/fc2) first; prune the attention Linears with SparseGPT (Hessians gathered in
-one pass over the still-dense block, as published); with ``refresh_mlp_inputs`` re-capture
-``X`` after that (``Y`` stays the dense target). Then optimize the MLP with the alternating
+Per block, one pass over the still-dense block (``block.capture``) gives the MLP input ``X``
+(input of up/fc1), the dense MLP output ``Y`` (output of down/fc2), the dense activations that
+initialize the auxiliaries, and the attention inputs whose Hessians serve SparseGPT on the
+attention Linears (all statistics from the dense block, as published). With
+``refresh_mlp_inputs`` ``X`` is captured again after attention is pruned (``Y`` stays the
+dense target). Then optimize the MLP with the alternating
 updates of ``pruners.sparsellm_math`` and write its pruned weights back in place. Per
 iteration k the block records ``objective`` (the full weighted objective) and
 ``mlp_rel_error`` (``||MLP(X) - Y|| / ||Y||`` with that iteration's pruned weights), plus
@@ -86,31 +88,44 @@ class SparseLLMPruner:
             return
         hyper = self.hyperparameters(spec.kind)
         mlp_names = [spec.up, spec.down] + ([spec.gate] if spec.gate else [])
-        attn = [n for g in block.groups if g.role in ("attn_in", "attn_out") for n in g.names]
-        attn = [n for n in attn if n not in mlp_names]
-
-        captured = block.capture([spec.up, spec.down])
+        # One pass over the dense block gives everything, as in the published code: the MLP's
+        # X and Y, the dense up/gate outputs and down input (they initialize z, s, p), and the
+        # inputs of each attention group's first Linear (its Hessian serves the whole group).
+        attn = {}
+        for group in block.groups:
+            names = [n for n in group.names if n not in mlp_names]
+            if group.role in ("attn_in", "attn_out") and names:
+                attn[names[0]] = names
+        captured = block.capture(mlp_names + list(attn))
         X, Y = captured[spec.up][0], captured[spec.down][1]
-        del captured  # the d_ff-wide tensors captured alongside are not needed
+        init = {"z": captured[spec.up][1], "p": captured[spec.down][0]}
+        if spec.gate:
+            init["s"] = captured[spec.gate][1]
+        hessians = {}
+        for leader, names in attn.items():
+            hessian = Hessian(block.linears[leader].in_features)
+            hessian.add(captured[leader][0])
+            hessians.update({n: hessian for n in names})
+        del captured
+        storage = STORAGE_DTYPES[self.storage_dtype]
+        init = {k: v.to(storage) for k, v in init.items()}  # bfloat16: drop the float32 copies
 
-        if attn:
-            stats = block.collect(Hessian, attn)
-            for lin_name in attn:
-                linear = block.linears[lin_name]
-                start = time.perf_counter()
-                pruned = sparsegpt_prune(linear.weight.data, stats[lin_name], pattern,
-                                         self.blocksize, self.percdamp)
-                linear.weight.data.copy_(pruned.to(linear.weight.dtype))
-                block.record_linear(lin_name, time.perf_counter() - start)
-            del stats
+        for lin_name, hessian in hessians.items():
+            linear = block.linears[lin_name]
+            start = time.perf_counter()
+            pruned = sparsegpt_prune(linear.weight.data, hessian, pattern, self.blocksize,
+                                     self.percdamp)
+            linear.weight.data.copy_(pruned.to(linear.weight.dtype))
+            block.record_linear(lin_name, time.perf_counter() - start)
+        del hessians
         if self.refresh_mlp_inputs:
-            X = block.capture([spec.up])[spec.up][0]
+            X, init = block.capture([spec.up])[spec.up][0], None  # z, s, p from the new X
 
         start = time.perf_counter()
         options = dict(iterations=self.iterations, refit=self.refit, blocksize=self.blocksize,
-                       percdamp=self.percdamp, storage_dtype=STORAGE_DTYPES[self.storage_dtype],
+                       percdamp=self.percdamp, storage_dtype=storage,
                        keep_best=self.keep_best, ridge=self.ridge, s_steps=self.s_steps,
-                       chunk=self.chunk_tokens, **hyper)
+                       chunk=self.chunk_tokens, init=init, **hyper)
         lin = block.linears
         bias = {n: (lin[n].bias.data if lin[n].bias is not None else None) for n in mlp_names}
         if spec.kind == "relu":
@@ -126,7 +141,7 @@ class SparseLLMPruner:
             new = {spec.gate: w_gate, spec.up: w_up, spec.down: w_down}
         else:
             raise ValueError(f"SparseLLM: unsupported MLP kind {spec.kind!r}")
-        del X, Y
+        del X, Y, init
         for lin_name, weight in new.items():
             lin[lin_name].weight.data.copy_(weight.to(lin[lin_name].weight.dtype))
         seconds = time.perf_counter() - start

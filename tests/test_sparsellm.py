@@ -10,7 +10,7 @@ from torch import nn
 
 from pruners.base import LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
-from pruners.sparsegpt import sparsegpt_prune
+from pruners.sparsegpt import Hessian, sparsegpt_prune
 from pruners.sparsellm import build
 from pruners.sparsellm_math import (
     _s_objective,
@@ -150,8 +150,9 @@ def test_silu_s_step_never_increases_its_objective():
     z, p = 10 * torch.randn(64, 96, generator=gen), 10 * torch.randn(64, 96, generator=gen)
     for alpha, gamma in ((5.0, 5.0), (1e-3, 10.0), (10.0, 1e-3)):
         before = _s_objective(s, g, z, p, alpha, gamma)
-        new = silu_s_step(s, g, z, p, alpha, gamma, steps=3)
+        new, reported = silu_s_step(s, g, z, p, alpha, gamma, steps=3, with_objective=True)
         after = _s_objective(new, g, z, p, alpha, gamma)
+        torch.testing.assert_close(reported, after)
         assert bool(torch.isfinite(new).all())
         assert bool((after <= before).all())
         assert float(after.sum()) < 0.9 * float(before.sum())
@@ -241,6 +242,27 @@ def test_token_chunking_does_not_change_the_result(family):
     assert hist_many["mlp_rel_error"][1] == pytest.approx(hist_one["mlp_rel_error"][1], rel=1e-2)
     for a, b in zip(one, many):
         assert float(((a == 0) == (b == 0)).float().mean()) > 0.95
+
+
+@pytest.mark.parametrize("family", ["relu", "gated_silu"])
+def test_captured_dense_activations_as_init(family):
+    """Passing the dense activations as ``init`` gives the same result as computing them."""
+    pattern = SparsityPattern.parse("0.6")
+    X = correlated_inputs()
+    if family == "relu":
+        W1, b1, _, _ = relu_mlp()
+        z = X @ W1.T + b1
+        init = {"z": z, "p": F.relu(z)}
+    else:
+        Wg, Wu, _ = gated_mlp()
+        s, z = X @ Wg.T, X @ Wu.T
+        init = {"z": z, "s": s, "p": F.silu(s) * z}
+    _, plain, *_ = run_family(family, pattern, iterations=2)
+    _, reused, *_ = run_family(family, pattern, iterations=2, init=init)
+    assert reused["mlp_rel_error"] == pytest.approx(plain["mlp_rel_error"], rel=1e-4)
+    assert reused["objective"] == pytest.approx(plain["objective"], rel=1e-4)
+    with pytest.raises(ValueError, match="init"):
+        run_family(family, pattern, init={"z": z})
 
 
 def test_refit_none_keeps_dense_down_and_is_sparse():
@@ -346,12 +368,19 @@ class FakeContext:
 
 @pytest.mark.parametrize("kind", ["relu", "gated_silu"])
 @pytest.mark.parametrize("refresh", [False, True])
-def test_prune_block_in_place_with_diagnostics(kind, refresh):
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_prune_block_in_place_with_diagnostics(kind, refresh, storage):
     """prune_block sparsifies every Linear in place, records per-iteration diagnostics."""
     pattern = SparsityPattern.parse("0.5")
     ctx = FakeContext(kind, pattern)
     biases = {n: None if l.bias is None else l.bias.detach().clone() for n, l in ctx.linears.items()}
-    build(iterations=3, refresh_mlp_inputs=refresh).prune_block(ctx)
+    # Plain SparseGPT on the dense block's statistics, for the attention Linears.
+    dense_stats = ctx.collect(Hessian, ["q", "k", "v", "o"])
+    expected = {n: sparsegpt_prune(ctx.linears[n].weight.data, dense_stats[n], pattern) for n in "qkvo"}
+    ctx.calls.clear()
+    build(iterations=3, refresh_mlp_inputs=refresh, storage_dtype=storage).prune_block(ctx)
+    for name, weight in expected.items():
+        torch.testing.assert_close(ctx.linears[name].weight.data, weight, rtol=1e-4, atol=1e-5)
     for name, linear in ctx.linears.items():
         assert_exactly_sparse(linear.weight.data, pattern)
         if biases[name] is not None:
@@ -359,8 +388,10 @@ def test_prune_block_in_place_with_diagnostics(kind, refresh):
     assert set(ctx.timings) == set(ctx.linears)
     for metric in ("objective", "mlp_rel_error"):
         assert [step for m, step, _ in ctx.records if m == metric] == [1, 2, 3]
-    assert ctx.calls[0][0] == "capture" and ctx.calls[1] == ("collect", ("q", "k", "v", "o"))
-    assert (ctx.calls[-1][0] == "capture") == refresh
+    # One pass over the dense block for everything; one more for the refreshed MLP input.
+    mlp = ["fc1", "fc2"] if kind == "relu" else ["up", "down", "gate"]
+    assert ctx.calls[0] == ("capture", (*mlp, "q", "o"))
+    assert len(ctx.calls) == 1 + refresh
 
 
 def test_build_family_defaults_and_validation():
