@@ -33,24 +33,49 @@ from .pattern import SparsityPattern, nm_mask
 class Hessian:
     """Running mean of ``2 x x^T`` over calibration tokens, in float32 (no stored inputs)."""
 
+    # Inputs at least this wide accumulate only the upper triangle, in row strips: H is
+    # symmetric, so this skips ~35% of the work of the step that dominates SparseGPT's cost
+    # (the 1536-wide down_proj Hessian of SmolLM2). The lower half is mirrored on read.
+    STRIP_MIN, STRIPS = 512, 4
+
     def __init__(self, in_features: int):
-        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self._matrix = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self._mirrored = True
         self.tokens = 0
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The full symmetric ``H`` (float32)."""
+        if not self._mirrored:
+            upper = self._matrix.triu()
+            self._matrix = upper + upper.triu(1).T
+            self._mirrored = True
+        return self._matrix
 
     def add(self, x: torch.Tensor) -> None:
         """Fold in a (tokens x in_features) batch of inputs."""
-        if self.matrix.device != x.device:
+        n = self._matrix.shape[0]
+        if self._matrix.device != x.device:
             # Statistics live wherever the block runs; the first batch tells us where.
-            self.matrix = self.matrix.to(x.device)
-        x = x.reshape(-1, self.matrix.shape[0]).float()
+            self._matrix = self._matrix.to(x.device)
+        x = x.reshape(-1, n).float()
         batch = x.shape[0]
         if batch == 0:
             return
         total = self.tokens + batch
         # Running mean: rescale the old mean, then add this batch's share, so the values stay
         # O(1) however many tokens are seen (a plain sum would lose float32 precision). One
-        # fused kernel (beta rescales in place).
-        self.matrix.addmm_(x.T, x, beta=self.tokens / total, alpha=2.0 / total)
+        # fused kernel per strip (beta rescales in place).
+        beta, alpha = self.tokens / total, 2.0 / total
+        if n < self.STRIP_MIN:
+            self._matrix.addmm_(x.T, x, beta=beta, alpha=alpha)
+        else:
+            if self._mirrored:
+                self._matrix = self._matrix.triu()  # the lower half is rebuilt on read
+                self._mirrored = False
+            edges = [n * i // self.STRIPS for i in range(self.STRIPS + 1)]
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                self._matrix[lo:hi, lo:].addmm_(x[:, lo:hi].T, x[:, lo:], beta=beta, alpha=alpha)
         self.tokens = total
 
 

@@ -134,30 +134,53 @@ class BlockRun:
     groups: list[LinearGroup]
     mlp: MlpSpec
     batches: list[Batch]
+    need_dense: bool = True
     dense_outputs: list[torch.Tensor] | None = None
     diagnostics: list[tuple[str, int | None, float]] = field(default_factory=list)
     linear_seconds: dict[str, float] = field(default_factory=dict)
 
-    def _run(self) -> None:
+    def _run(self, stop_early: bool = False) -> None:
+        """Run the block on every batch; keep the outputs of the first (dense) run when wanted.
+
+        With ``stop_early`` a hook has raised ``_Captured`` once the last statistic was taken,
+        so the rest of the block (e.g. the widest matmul, down_proj) is not computed at all.
+        """
+        if stop_early:
+            with torch.no_grad():
+                for b in self.batches:
+                    try:
+                        self.block(b.hidden, *b.args, **b.kwargs)
+                    except _Captured:
+                        pass
+            return
         outputs = run_block(self.block, self.batches)
         if self.dense_outputs is None and not self.linear_seconds:  # nothing pruned yet
             self.dense_outputs = outputs
 
+    def _wants_dense(self) -> bool:
+        return self.need_dense and self.dense_outputs is None and not self.linear_seconds
+
     def collect(self, make_stat, names=None):
         """Run the block as it is now; one statistic per Linear, shared within an input group."""
         wanted = set(names or self.linears)
+        stop_early = not self._wants_dense()
+        groups = [[n for n in g.names if n in wanted] for g in self.groups]
+        groups = [g for g in groups if g]
         stats, handles = {}, []
-        for group in self.groups:
-            members = [n for n in group.names if n in wanted]
-            if not members:
-                continue
+        for index, members in enumerate(groups):
             first = self.linears[members[0]]
             stat = make_stat(first.in_features)
             stats.update({n: stat for n in members})
-            handles.append(first.register_forward_pre_hook(
-                lambda _m, args, stat=stat: stat.add(args[0].reshape(-1, args[0].shape[-1]))))
+            last = stop_early and index == len(groups) - 1
+
+            def hook(_m, args, stat=stat, last=last):
+                stat.add(args[0].reshape(-1, args[0].shape[-1]))
+                if last:  # every statistic is taken: skip the rest of the block
+                    raise _Captured
+
+            handles.append(first.register_forward_pre_hook(hook))
         try:
-            self._run()
+            self._run(stop_early)
         finally:
             for h in handles:
                 h.remove()
@@ -223,7 +246,7 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
         else:
             start = time.perf_counter()
             run = BlockRun(i, block, pattern, adapter.linears(block), adapter.linear_groups(block), adapter.mlp,
-                           batches or [])
+                           batches or [], need_dense=diagnostics)
             if diagnostics and not pruner.needs_calibration:
                 run._run()
             pruner.prune_block(run)

@@ -109,3 +109,19 @@ def test_smollm2_engine_reproduces_logits(smollm2):
     prune_model(pruned, adapter, wanda(), SparsityPattern.parse(0), ids, list(range(30)), "cpu")
     with torch.no_grad():
         torch.testing.assert_close(pruned(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_statistics_pass_stopping_early_gives_same_weights(name):
+    """Without diagnostics the statistics pass stops after the last statistic; the pruned weights are identical."""
+    from pruners.sparsegpt import build as sparsegpt
+
+    ids = _tokens()
+    results = []
+    for diagnostics in (True, False):
+        model = tiny_model(name)
+        prune_model(model, adapter_for(model), sparsegpt(), SparsityPattern.parse(0.6), ids, [0, 1, 2], "cpu",
+                    diagnostics=diagnostics)
+        results.append(model.state_dict())
+    for key, value in results[0].items():
+        assert torch.equal(value, results[1][key]), key

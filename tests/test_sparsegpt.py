@@ -257,3 +257,14 @@ def test_config_builds_pruner():
     assert pruner.prune_fn.keywords == {"blocksize": 128, "percdamp": 0.01}
     with pytest.raises(ValueError):
         build(blocksize=0)
+
+
+def test_hessian_upper_strips_equal_full_product():
+    """Wide inputs (upper-triangle strips, mirrored on read) give the same symmetric H as one product."""
+    x = torch.randn(300, 640, dtype=torch.float64).float()
+    stat = Hessian(640)
+    for chunk in x.split([100, 1, 199]):
+        stat.add(chunk)
+    expected = 2.0 / 300 * x.double().T @ x.double()
+    torch.testing.assert_close(stat.matrix.double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(stat.matrix, stat.matrix.T)
