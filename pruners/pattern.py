@@ -87,11 +87,22 @@ class SparsityPattern:
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of exactly the ``k`` lowest scores of the whole tensor (stable on ties)."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        order = torch.argsort(scores.reshape(-1), stable=True)
-        mask[order[:k]] = True
+    """Mask of exactly the ``k`` lowest scores of the whole tensor; ties kept in flat index order.
+
+    The same entries as the first ``k`` of a stable sort, without sorting: a stable sort of a
+    million scores costs ~50 ms on a CPU core, selecting the k-th value several times less.
+    Every score up to the k-th value is taken, then the surplus ties at that value are dropped
+    from the end, so the first ties in index order stay.
+    """
+    flat = scores.reshape(-1)
+    if k <= 0 or k >= flat.numel():
+        return torch.full_like(scores, k > 0, dtype=torch.bool)
+    kth = torch.kthvalue(flat, k).values
+    mask = flat <= kth
+    surplus = int(mask.sum()) - k  # 0 unless the k-th value ties
+    if surplus:
+        ties = torch.nonzero(flat == kth).squeeze(1)
+        mask[ties[-surplus:]] = False
     return mask.view_as(scores)
 
 

@@ -27,7 +27,7 @@ import functools
 import torch
 
 from .base import PerLinearPruner
-from .pattern import SparsityPattern, nm_mask
+from .pattern import SparsityPattern, lowest_k_mask, nm_mask
 
 
 class Hessian:
@@ -191,7 +191,7 @@ def sparsegpt_prune(
             # Unstructured: the block's mask depends only on its weights at the block's start,
             # so it (and mask / U_jj) is known before the column loop.
             scores = (block / d_block).square_()
-            mask = _lowest_k_mask(scores, int(count * rows * pattern.ratio))
+            mask = lowest_k_mask(scores, int(count * rows * pattern.ratio))
             torch.div(mask, d_block, out=scales)
             _block_errors(block, u_cols, scales, errs)
         # The whole effect of this block's errors, on its own columns (the in-block updates,
@@ -253,27 +253,6 @@ def _nm_block_errors(
         base = i - offset
         torch.addmv(group[offset], errs_t[:, base:i], u_cols[i, base:i], alpha=-1.0, out=current)
         torch.mul(current, scales[i], out=errs[i])
-
-
-def _lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Same mask as ``pattern.lowest_k_mask`` (the k lowest, ties by position), without a sort.
-
-    A stable sort of a 128-column block (~200k scores) costs ~40 ms on one CPU core and
-    dominated the unstructured run; selecting the k-th value is ~10x cheaper. Every score up
-    to it is taken, then the surplus ties at it are dropped from the end, so the first ties
-    in flat index order stay: exactly the stable sort's first k entries. Few full-size
-    kernels on purpose: on a busy 2-core machine each threaded kernel can cost milliseconds.
-    """
-    flat = scores.reshape(-1)
-    if k <= 0 or k >= flat.numel():
-        return torch.full_like(scores, k > 0, dtype=torch.bool)
-    kth = torch.kthvalue(flat, k).values
-    mask = flat <= kth
-    surplus = int(mask.sum()) - k  # one host sync per block; 0 unless the k-th value ties
-    if surplus:
-        ties = torch.nonzero(flat == kth).squeeze(1)
-        mask[ties[-surplus:]] = False
-    return mask.view_as(scores)
 
 
 def build(
