@@ -13,7 +13,8 @@ methods (SparseLLM) implement ``prune_block`` themselves.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -56,6 +57,16 @@ class MlpSpec:
     gate: str | None = None
 
 
+@dataclass
+class Captured:
+    """What ``BlockContext.capture`` returns: Linear inputs and outputs by name (2-D float32,
+    tokens x features, over the whole calibration set), and input statistics by name."""
+
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, Statistic] = field(default_factory=dict)
+
+
 class BlockContext(Protocol):
     """What the engine gives a pruner for one decoder block (see runners/engine.py)."""
 
@@ -72,9 +83,12 @@ class BlockContext(Protocol):
         observed (default: all).
         """
 
-    def capture(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Run the block as it is now; return each named Linear's (inputs, outputs) as 2-D
-        float32 tensors (tokens x features) concatenated over the calibration set."""
+    def capture(self, inputs: Sequence[str] = (), outputs: Sequence[str] = (),
+                make_stat: Callable[[int], Statistic] | None = None,
+                stat_names: Sequence[str] = ()) -> Captured:
+        """Run the block as it is now, once; return the inputs of the Linears named in
+        ``inputs``, the outputs of those in ``outputs``, and (with ``make_stat``) one statistic
+        per input group of ``stat_names``, shared as in ``collect``."""
 
     def record(self, metric: str, value: float, step: int | None = None) -> None:
         """Attach a per-block diagnostic (e.g. ``objective`` at ``step`` 1) to the results."""

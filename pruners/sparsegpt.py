@@ -30,13 +30,34 @@ from .base import PerLinearPruner
 from .pattern import SparsityPattern, lowest_k_mask, nm_mask
 
 
+# Inputs at least this wide accumulate Gram matrices on the upper triangle only, in row
+# strips: the matrix is symmetric, so this skips ~35% of the work of the step that dominates
+# SparseGPT's cost (the 1536-wide down_proj Hessian of SmolLM2) and SparseLLM's Gram of p.
+# The lower half is mirrored once, when the matrix is read.
+STRIP_MIN, STRIPS = 512, 4
+
+
+def add_gram(matrix: torch.Tensor, x: torch.Tensor, beta: float = 1.0, alpha: float = 1.0) -> None:
+    """``matrix = beta * matrix + alpha * x^T x`` in place (upper triangle only when wide)."""
+    n = matrix.shape[0]
+    if n < STRIP_MIN:
+        matrix.addmm_(x.T, x, beta=beta, alpha=alpha)  # one fused kernel; beta rescales in place
+        return
+    edges = [n * i // STRIPS for i in range(STRIPS + 1)]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        matrix[lo:hi, lo:].addmm_(x[:, lo:hi].T, x[:, lo:], beta=beta, alpha=alpha)
+
+
+def mirror_gram(matrix: torch.Tensor) -> torch.Tensor:
+    """The full symmetric matrix from one that ``add_gram`` filled (a new tensor when wide)."""
+    if matrix.shape[0] < STRIP_MIN:
+        return matrix
+    upper = matrix.triu()
+    return upper + upper.triu(1).T
+
+
 class Hessian:
     """Running mean of ``2 x x^T`` over calibration tokens, in float32 (no stored inputs)."""
-
-    # Inputs at least this wide accumulate only the upper triangle, in row strips: H is
-    # symmetric, so this skips ~35% of the work of the step that dominates SparseGPT's cost
-    # (the 1536-wide down_proj Hessian of SmolLM2). The lower half is mirrored on read.
-    STRIP_MIN, STRIPS = 512, 4
 
     def __init__(self, in_features: int):
         self._matrix = torch.zeros(in_features, in_features, dtype=torch.float32)
@@ -47,8 +68,7 @@ class Hessian:
     def matrix(self) -> torch.Tensor:
         """The full symmetric ``H`` (float32)."""
         if not self._mirrored:
-            upper = self._matrix.triu()
-            self._matrix = upper + upper.triu(1).T
+            self._matrix = mirror_gram(self._matrix)
             self._mirrored = True
         return self._matrix
 
@@ -64,18 +84,11 @@ class Hessian:
             return
         total = self.tokens + batch
         # Running mean: rescale the old mean, then add this batch's share, so the values stay
-        # O(1) however many tokens are seen (a plain sum would lose float32 precision). One
-        # fused kernel per strip (beta rescales in place).
-        beta, alpha = self.tokens / total, 2.0 / total
-        if n < self.STRIP_MIN:
-            self._matrix.addmm_(x.T, x, beta=beta, alpha=alpha)
-        else:
-            if self._mirrored:
-                self._matrix = self._matrix.triu()  # the lower half is rebuilt on read
-                self._mirrored = False
-            edges = [n * i // self.STRIPS for i in range(self.STRIPS + 1)]
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                self._matrix[lo:hi, lo:].addmm_(x[:, lo:hi].T, x[:, lo:], beta=beta, alpha=alpha)
+        # O(1) however many tokens are seen (a plain sum would lose float32 precision).
+        if self._mirrored and n >= STRIP_MIN:
+            self._matrix = self._matrix.triu()  # only the upper triangle is accumulated
+        add_gram(self._matrix, x, beta=self.tokens / total, alpha=2.0 / total)
+        self._mirrored = n < STRIP_MIN
         self.tokens = total
 
 

@@ -90,22 +90,16 @@ class SparseLLMPruner:
         mlp_names = [spec.up, spec.down] + ([spec.gate] if spec.gate else [])
         # One pass over the dense block gives everything, as in the published code: the MLP's
         # X and Y, the dense up/gate outputs and down input (they initialize z, s, p), and the
-        # inputs of each attention group's first Linear (its Hessian serves the whole group).
-        attn = {}
-        for group in block.groups:
-            names = [n for n in group.names if n not in mlp_names]
-            if group.role in ("attn_in", "attn_out") and names:
-                attn[names[0]] = names
-        captured = block.capture(mlp_names + list(attn))
-        X, Y = captured[spec.up][0], captured[spec.down][1]
-        init = {"z": captured[spec.up][1], "p": captured[spec.down][0]}
+        # Hessians of the attention Linears' inputs (one per input group).
+        attn = [n for g in block.groups if g.role in ("attn_in", "attn_out")
+                for n in g.names if n not in mlp_names]
+        captured = block.capture(inputs=[spec.up, spec.down], outputs=mlp_names,
+                                 make_stat=Hessian, stat_names=attn)
+        X, Y = captured.inputs[spec.up], captured.outputs[spec.down]
+        init = {"z": captured.outputs[spec.up], "p": captured.inputs[spec.down]}
         if spec.gate:
-            init["s"] = captured[spec.gate][1]
-        hessians = {}
-        for leader, names in attn.items():
-            hessian = Hessian(block.linears[leader].in_features)
-            hessian.add(captured[leader][0])
-            hessians.update({n: hessian for n in names})
+            init["s"] = captured.outputs[spec.gate]
+        hessians = captured.stats
         del captured
         storage = STORAGE_DTYPES[self.storage_dtype]
         init = {k: v.to(storage) for k, v in init.items()}  # bfloat16: drop the float32 copies
@@ -119,7 +113,7 @@ class SparseLLMPruner:
             block.record_linear(lin_name, time.perf_counter() - start)
         del hessians
         if self.refresh_mlp_inputs:
-            X, init = block.capture([spec.up])[spec.up][0], None  # z, s, p from the new X
+            X, init = block.capture(inputs=[spec.up]).inputs[spec.up], None  # z, s, p from the new X
 
         start = time.perf_counter()
         options = dict(iterations=self.iterations, refit=self.refit, blocksize=self.blocksize,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pruners.base import BlockPruner, LinearGroup, MlpSpec
+from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
 
 from .adapters import FamilyAdapter
@@ -160,10 +160,9 @@ class BlockRun:
     def _wants_dense(self) -> bool:
         return self.need_dense and self.dense_outputs is None and not self.linear_seconds
 
-    def collect(self, make_stat, names=None):
-        """Run the block as it is now; one statistic per Linear, shared within an input group."""
-        wanted = set(names or self.linears)
-        stop_early = not self._wants_dense()
+    def _stat_hooks(self, make_stat, names, stop_early: bool):
+        """One statistic per input group among ``names``, fed by a hook on the group's first Linear."""
+        wanted = set(names)
         groups = [[n for n in g.names if n in wanted] for g in self.groups]
         groups = [g for g in groups if g]
         stats, handles = {}, []
@@ -179,6 +178,12 @@ class BlockRun:
                     raise _Captured
 
             handles.append(first.register_forward_pre_hook(hook))
+        return stats, handles
+
+    def collect(self, make_stat, names=None):
+        """Run the block as it is now; one statistic per Linear, shared within an input group."""
+        stop_early = not self._wants_dense()
+        stats, handles = self._stat_hooks(make_stat, names or list(self.linears), stop_early)
         try:
             self._run(stop_early)
         finally:
@@ -186,23 +191,45 @@ class BlockRun:
                 h.remove()
         return stats
 
-    def capture(self, names):
-        """Run the block as it is now; each named Linear's (inputs, outputs), float32, tokens x features."""
-        seen = {n: ([], []) for n in names}
+    def capture(self, inputs=(), outputs=(), make_stat=None, stat_names=()) -> Captured:
+        """Run the block as it is now, once: the named Linears' inputs and outputs, and
+        statistics of the inputs of ``stat_names`` (as ``collect``).
 
-        def keep(name):
-            def hook(_m, args, out):
-                seen[name][0].append(args[0].reshape(-1, args[0].shape[-1]).float())
-                seen[name][1].append(out.reshape(-1, out.shape[-1]).float())
-            return hook
+        Tensors are float32 (tokens x features) over the whole calibration set, written
+        batch by batch into one preallocated buffer each (no second copy by concatenation).
+        """
+        tokens = sum(b.hidden.shape[:-1].numel() for b in self.batches)
+        got = Captured()
+        offsets: dict[tuple[str, str], int] = {}
 
-        handles = [self.linears[n].register_forward_hook(keep(n)) for n in names]
+        def store(kind, name, value):
+            table = got.inputs if kind == "in" else got.outputs
+            flat = value.reshape(-1, value.shape[-1])
+            if name not in table:
+                table[name] = torch.empty(tokens, flat.shape[1], dtype=torch.float32, device=flat.device)
+            at = offsets.get((kind, name), 0)
+            table[name][at : at + flat.shape[0]] = flat
+            offsets[(kind, name)] = at + flat.shape[0]
+
+        def hook(name, want_in, want_out):
+            def fn(_m, args, out):
+                if want_in:
+                    store("in", name, args[0])
+                if want_out:
+                    store("out", name, out)
+            return fn
+
+        handles = [self.linears[n].register_forward_hook(hook(n, n in inputs, n in outputs))
+                   for n in dict.fromkeys([*inputs, *outputs])]
+        if make_stat is not None and stat_names:
+            got.stats, stat_handles = self._stat_hooks(make_stat, stat_names, stop_early=False)
+            handles += stat_handles
         try:
             self._run()
         finally:
             for h in handles:
                 h.remove()
-        return {n: (torch.cat(x), torch.cat(y)) for n, (x, y) in seen.items()}
+        return got
 
     def record(self, metric: str, value: float, step: int | None = None) -> None:
         """Attach a per-block diagnostic."""

@@ -125,3 +125,39 @@ def test_statistics_pass_stopping_early_gives_same_weights(name):
         results.append(model.state_dict())
     for key, value in results[0].items():
         assert torch.equal(value, results[1][key]), key
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_capture_gives_inputs_outputs_and_statistics_in_one_pass(name):
+    """capture() returns each Linear's inputs/outputs over all batches (as a plain hook sees them)
+    and the same statistics collect() gathers, from one run of the block."""
+    from pruners.sparsegpt import Hessian
+    from runners.engine import BlockRun
+
+    model = tiny_model(name)
+    adapter = adapter_for(model)
+    batches = capture_block_inputs(model, adapter, _tokens(n=3), "cpu")
+    block = adapter.blocks(model)[1]
+    linears, groups, mlp = adapter.linears(block), adapter.linear_groups(block), adapter.mlp
+    run = BlockRun(1, block, SparsityPattern.parse(0.5), linears, groups, mlp, batches)
+    seen = {"in": [], "out": []}
+    handles = [linears[mlp.up].register_forward_hook(lambda m, a, o: seen["in"].append(a[0])),
+               linears[mlp.down].register_forward_hook(lambda m, a, o: seen["out"].append(o))]
+    calls = []
+    counter = block.register_forward_pre_hook(lambda *a: calls.append(1))
+    attn = [n for g in groups if g.role.startswith("attn") for n in g.names]
+    got = run.capture(inputs=[mlp.up], outputs=[mlp.down], make_stat=Hessian, stat_names=attn)
+    for h in handles:
+        h.remove()
+    assert len(calls) == len(batches)  # one run of the block
+    counter.remove()
+    expect_in = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["in"]])
+    expect_out = torch.cat([t.reshape(-1, t.shape[-1]) for t in seen["out"]])
+    assert torch.equal(got.inputs[mlp.up], expect_in) and torch.equal(got.outputs[mlp.down], expect_out)
+    assert set(got.inputs) == {mlp.up} and set(got.outputs) == {mlp.down}
+    reference = BlockRun(1, block, SparsityPattern.parse(0.5), linears, groups, mlp, batches).collect(Hessian, attn)
+    assert set(got.stats) == set(attn)
+    for n in attn:
+        torch.testing.assert_close(got.stats[n].matrix, reference[n].matrix, rtol=0, atol=0)
+    # One statistic object per input group (q, k, v share theirs).
+    assert len({id(s) for s in got.stats.values()}) == len([g for g in groups if g.role.startswith("attn")])

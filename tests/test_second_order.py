@@ -64,8 +64,8 @@ def _mlp_error(model, adapter, index, tokens, pruner):
     mlp = adapter.mlp
     run = BlockRun(index, block, SparsityPattern.parse(0.7), adapter.linears(block), adapter.linear_groups(block),
                    mlp, batches)
-    dense = run.capture([mlp.up, mlp.down])
-    x, y = dense[mlp.up][0], dense[mlp.down][1]
+    dense = run.capture(inputs=[mlp.up], outputs=[mlp.down])
+    x, y = dense.inputs[mlp.up], dense.outputs[mlp.down]
     pruner.prune_block(run)
     linears = adapter.linears(block)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruners.base import LinearGroup, MlpSpec
+from pruners.base import Captured, LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
 from pruners.sparsegpt import Hessian, sparsegpt_prune
 from pruners.sparsellm import build
@@ -346,8 +346,9 @@ class FakeContext:
         self._run(names, hook)
         return stats
 
-    def capture(self, names):
-        self.calls.append(("capture", tuple(names)))
+    def capture(self, inputs=(), outputs=(), make_stat=None, stat_names=()):
+        self.calls.append(("capture", tuple(inputs), tuple(outputs), tuple(stat_names)))
+        names = list(dict.fromkeys([*inputs, *outputs, *stat_names]))
         got = {n: ([], []) for n in names}
 
         def hook(name):
@@ -357,7 +358,15 @@ class FakeContext:
             return fn
 
         self._run(names, hook)
-        return {n: (torch.cat(i), torch.cat(o)) for n, (i, o) in got.items()}
+        stats = {}
+        for group in self.groups:  # one statistic per input group, fed with its inputs
+            shared = [n for n in group.names if n in stat_names]
+            if shared and make_stat is not None:
+                stat = make_stat(self.linears[shared[0]].in_features)
+                stat.add(torch.cat(got[shared[0]][0]))
+                stats.update({n: stat for n in shared})
+        return Captured(inputs={n: torch.cat(got[n][0]) for n in inputs},
+                        outputs={n: torch.cat(got[n][1]) for n in outputs}, stats=stats)
 
     def record(self, metric, value, step=None):
         self.records.append((metric, step, value))
@@ -390,7 +399,7 @@ def test_prune_block_in_place_with_diagnostics(kind, refresh, storage):
         assert [step for m, step, _ in ctx.records if m == metric] == [1, 2, 3]
     # One pass over the dense block for everything; one more for the refreshed MLP input.
     mlp = ["fc1", "fc2"] if kind == "relu" else ["up", "down", "gate"]
-    assert ctx.calls[0] == ("capture", (*mlp, "q", "o"))
+    assert ctx.calls[0] == ("capture", tuple(mlp[:2]), tuple(mlp), ("q", "k", "v", "o"))
     assert len(ctx.calls) == 1 + refresh
 
 
