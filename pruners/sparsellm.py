@@ -90,19 +90,24 @@ class SparseLLMPruner:
         mlp_names = [spec.up, spec.down] + ([spec.gate] if spec.gate else [])
         # One pass over the dense block gives everything, as in the published code: the MLP's
         # X and Y, the dense up/gate outputs and down input (they initialize z, s, p), and the
-        # Hessians of the attention Linears' inputs (one per input group).
+        # Hessians of the attention Linears' inputs (one per input group). With bfloat16
+        # storage z, s, p are instead recomputed from X chunk by chunk straight into bfloat16,
+        # so no float32 copy of them is ever held (the point of that setting).
         attn = [n for g in block.groups if g.role in ("attn_in", "attn_out")
                 for n in g.names if n not in mlp_names]
-        captured = block.capture(inputs=[spec.up, spec.down], outputs=mlp_names,
+        storage = STORAGE_DTYPES[self.storage_dtype]
+        keep_aux = storage == torch.float32
+        captured = block.capture(inputs=[spec.up, spec.down] if keep_aux else [spec.up],
+                                 outputs=mlp_names if keep_aux else [spec.down],
                                  make_stat=Hessian, stat_names=attn)
         X, Y = captured.inputs[spec.up], captured.outputs[spec.down]
-        init = {"z": captured.outputs[spec.up], "p": captured.inputs[spec.down]}
-        if spec.gate:
-            init["s"] = captured.outputs[spec.gate]
+        init = None
+        if keep_aux:
+            init = {"z": captured.outputs[spec.up], "p": captured.inputs[spec.down]}
+            if spec.gate:
+                init["s"] = captured.outputs[spec.gate]
         hessians = captured.stats
         del captured
-        storage = STORAGE_DTYPES[self.storage_dtype]
-        init = {k: v.to(storage) for k, v in init.items()}  # bfloat16: drop the float32 copies
 
         for lin_name, hessian in hessians.items():
             linear = block.linears[lin_name]

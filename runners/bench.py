@@ -97,6 +97,7 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "bench.csv", index=False)
     (out / "bench.json").write_text(json.dumps({"args": args, "rows": rows, "versions": provenance.versions(),
+                                                "git": provenance.git_revision(),
                                                 "hardware": provenance.hardware("cpu")}, indent=2))
     print(table.to_markdown(index=False))
 
