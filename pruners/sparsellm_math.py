@@ -46,18 +46,30 @@ def lstsq_weight(factor: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(cross.double(), factor).t().float().contiguous()
 
 
-def relu_z_step(p: torch.Tensor, m: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+def relu_z_step(p: torch.Tensor, m: torch.Tensor, alpha: float, gamma: float,
+                with_objective: bool = False):
     """Exact elementwise minimizer of ``gamma (p - relu(z))^2 + alpha (z - m)^2``.
 
     On ``z >= 0`` the objective is a convex quadratic with minimizer
     ``(gamma p + alpha m) / (gamma + alpha)`` clipped at 0; on ``z <= 0`` it is
-    ``gamma p^2 + alpha (z - m)^2``, minimized by ``min(m, 0)``. The better of the two wins.
+    ``gamma p^2 + alpha (z - m)^2``, minimized by ``min(m, 0)`` with value
+    ``gamma p^2 + alpha relu(m)^2``. The better of the two wins. With ``with_objective`` also
+    return the per-entry objective at the chosen ``z``. Computed over alpha (``c = gamma /
+    alpha``) in few passes over memory, since these tensors are tokens x d_ff.
     """
-    z1 = ((gamma * p + alpha * m) / (gamma + alpha)).clamp_(min=0)
-    z2 = m.clamp(max=0)
-    f1 = gamma * (p - z1).square() + alpha * (z1 - m).square()
-    f2 = gamma * p.square() + alpha * (z2 - m).square()
-    return torch.where(f1 <= f2, z1, z2)
+    c = gamma / alpha
+    z1 = torch.add(m, p, alpha=c).div_(1 + c).clamp_(min=0)
+    e1, d1 = z1 - m, p - z1
+    h1 = torch.addcmul(e1.mul_(e1), d1, d1, value=c)
+    del e1, d1
+    e2 = m.clamp(min=0)
+    h2 = torch.addcmul(e2.mul_(e2), p, p, value=c)
+    del e2
+    first = h1 <= h2
+    z = torch.where(first, z1, m.clamp(max=0))
+    if not with_objective:
+        return z
+    return z, torch.where(first, h1, h2).mul_(alpha)
 
 
 def _scaled_s_objective(s, silu_s, g, z, p, c):
@@ -266,9 +278,10 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
             z = aux["z"][c].float()
             if kind == "relu":
                 p, term_b = p_step(F.relu(z), uc)
-                z = relu_z_step(p, m["z"], alpha, gamma)
-                term = gamma * float((p - F.relu(z)).square_().sum())
-                term += alpha * float((z - m["z"]).square_().sum())
+                z, f_z = relu_z_step(p, m["z"], alpha, gamma, with_objective=True)
+                # f_z = gamma (p - relu(z))^2 + alpha (z - m)^2 per entry, at the new z
+                term = float(f_z.sum())
+                del f_z
                 new = {"z": z, "p": p}
             else:
                 s = aux["s"][c].float()

@@ -131,8 +131,9 @@ def test_relu_z_step_matches_grid_search():
     p, m = (2 * torch.randn(150, generator=gen, dtype=torch.float64) for _ in range(2))
     grid = torch.linspace(-10, 10, 40001, dtype=torch.float64)
     for alpha, gamma in ((0.1, 0.1), (5.0, 0.5), (0.2, 3.0)):
-        z = relu_z_step(p, m, alpha, gamma)
+        z, reported = relu_z_step(p, m, alpha, gamma, with_objective=True)
         closed = gamma * (p - F.relu(z)) ** 2 + alpha * (z - m) ** 2
+        torch.testing.assert_close(reported, closed)
         values = gamma * (p[:, None] - F.relu(grid)) ** 2 + alpha * (grid - m[:, None]) ** 2
         best, where = values.min(dim=1)
         assert bool((closed <= best + 1e-12).all())
