@@ -87,6 +87,11 @@ def _silu(s):
     return s * sig, sig
 
 
+def _one_plus_c_sq(x, c):
+    """``1 + c x^2`` in one pass."""
+    return torch.addcmul(x.new_ones(()), x, x, value=c)
+
+
 def _s_objective(s, g, z, p, alpha, gamma):
     """Per entry ``alpha (s - g)^2 + gamma (p - silu(s) z)^2``."""
     return _scaled_s_objective(s, _silu(s)[0], g, z, p, gamma / alpha)[0].mul_(alpha)
@@ -117,7 +122,7 @@ def silu_s_step(s, g, z, p, alpha: float, gamma: float, steps: int = 1, halvings
         # Gauss-Newton on h = (s - g)^2 + c resid^2: h' = 2 (s - g) - 2 c zd resid,
         # h'' ~ 2 + 2 c zd^2, so the step -h'/h'' is ((g - s) + c zd resid) / (1 + c zd^2).
         step = torch.addcmul(g - s, zd, resid, value=c)
-        step.div_(torch.addcmul(_ONE.to(zd.device), zd, zd, value=c))
+        step.div_(_one_plus_c_sq(zd, c))
         del zd, resid
         trial = s + step
         h_trial = _scaled_s_objective(trial, _silu(trial)[0], g, z, p, c)[0]
@@ -146,9 +151,6 @@ def silu_s_step(s, g, z, p, alpha: float, gamma: float, steps: int = 1, halvings
     if h_new is None:
         return s, _s_objective(s, g, z, p, alpha, gamma)
     return s, h_new.mul_(alpha)
-
-
-_ONE = torch.tensor(1.0)
 
 
 def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
@@ -231,7 +233,7 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
         xc = X[c]
         gram_x.addmm_(xc.t(), xc)
         if init is None:
-            pre = {k: xc @ w.t() if b is None else torch.addmm(b, xc, w.t()) for k, w, b in ins}
+            pre = {k: F.linear(xc, w, b) for k, w, b in ins}
             p = act(pre)
             for k in pre:
                 aux[k][c] = pre[k]
@@ -272,8 +274,7 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
         objective = err2 = 0.0
         for c in spans:
             xc, uc = X[c], U[c]
-            m = {k: xc @ pruned[k].t() if b is None else torch.addmm(b, xc, pruned[k].t())
-                 for k, _, b in ins}
+            m = {k: F.linear(xc, pruned[k], b) for k, _, b in ins}
             err2 += float(F.mse_loss(act(m) @ pruned_down.t(), uc, reduction="sum"))  # true MLP error
             z = aux["z"][c].float()
             if kind == "relu":
@@ -290,7 +291,7 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
                 # z = (alpha m + gamma a p) / (alpha + gamma a^2), a = silu(s); over alpha.
                 c_ratio = gamma / alpha
                 z = torch.addcmul(m["z"], silu_s, p, value=c_ratio)
-                z.div_(torch.addcmul(_ONE.to(z.device), silu_s, silu_s, value=c_ratio))
+                z.div_(_one_plus_c_sq(silu_s, c_ratio))
                 del silu_s
                 s, f_s = silu_s_step(s, m["s"], z, p, alpha, gamma, steps=s_steps,
                                      with_objective=True)

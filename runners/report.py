@@ -22,10 +22,9 @@ import pandas as pd
 from . import plots
 from .compare import REFERENCE, compare, comparison_table, load_published
 from .store import atomic_write_text, load_metrics, read_manifest
-from .tables import (GROUP, VARYING, Table, cell, normalize, ppl_grid, ppl_table, sparsity_label,  # noqa: F401
-                     sparsity_order, to_csv, to_latex, to_markdown, zeroshot_grid)
+from .tables import (GROUP, VARYING, Table, normalize, ppl_grid, ppl_table, sparsity_label, to_csv, to_latex,
+                     to_markdown, zeroshot_grid)
 
-_sparsity_order = sparsity_order  # the name this module used to define
 IDENTITY = ["run_id", "model", "pruner", "sparsity", *VARYING, "protocol", "eval_seqlen", "eval_max_windows"]
 
 
