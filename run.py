@@ -23,10 +23,14 @@ from runners.cli import check_overrides
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
     """Run one configured job (Hydra calls this once per sweep point)."""
-    from runners.job import run_job
+    from runners.job import SettingsError, run_job
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    return run_job(cfg)
+    try:
+        return run_job(cfg)
+    except SettingsError as err:  # one line, no traceback; the sweep stops (exit code 2)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -9,16 +9,18 @@ both sources give the same rows, hence the same text:
 * ``c4``: the first 1,100 documents of ``en/c4-validation.00000-of-00008.json.gz`` joined with
   ``" "`` (the caller keeps exactly 256 windows).
 
-Calibration follows SparseGPT's sampler over the C4 train shard ``00000``: with Python's
-``random`` seeded, draw documents until one tokenizes to more than ``seqlen`` tokens, then a
-random window of ``seqlen`` tokens inside it. A dataset that cannot be had raises
-``DatasetUnavailable`` with one line naming it and where it looked.
+Calibration windows are drawn in ``eval/calibration.py``. A dataset that cannot be had raises
+``DatasetUnavailable`` with one line naming it and where it looked. ``eval_source`` names the
+data a run reads (hub ids, or the local files with a content fingerprint) so that it can enter
+the run id: a hub run and a local run, or runs on two different local copies, never collide.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import logging
+import os
 import random
 from pathlib import Path
 
@@ -29,6 +31,10 @@ C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
 C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
 C4_EVAL_DOCS = 1100
 C4_EVAL_WINDOWS = 256
+# Where each evaluation set lives in a local folder laid out like ../shared/data.
+LOCAL_TEST_FILES = {"wikitext2": "wikitext2/wiki.test.raw", "ptb": "ptb/ptb.test.txt"}
+
+log = logging.getLogger(__name__)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -47,28 +53,39 @@ def check_dataset_names(names) -> list[str]:
 # ---- rows: local files ------------------------------------------------------------------
 
 
-def wikitext2_rows_local(local_dir: Path) -> list[str]:
-    """Hub rows from ``wiki.test.raw``: a line ``l`` is the row ``l + "\\n"``, a blank line ``""``."""
-    path = local_dir / "wikitext2" / "wiki.test.raw"
+def wikitext2_rows_local(local_dir: Path, file: str = LOCAL_TEST_FILES["wikitext2"]) -> list[str]:
+    """Hub rows from ``wiki.*.raw``: a line ``l`` is the row ``l + "\\n"``, a blank line ``""``."""
+    path = Path(local_dir) / file
     _require(path, "wikitext2")
     return [line + "\n" if line.strip() else "" for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def ptb_rows_local(local_dir: Path) -> list[str]:
-    """Hub ``sentence`` rows from ``ptb.test.txt``: each line without its leading space and newline."""
-    path = local_dir / "ptb" / "ptb.test.txt"
+def ptb_rows_local(local_dir: Path, file: str = LOCAL_TEST_FILES["ptb"]) -> list[str]:
+    """Hub ``sentence`` rows from ``ptb.*.txt``: the hub builder ``strip()``s each line on both
+    sides (the files carry one leading and one trailing space), so we do too."""
+    path = Path(local_dir) / file
     _require(path, "ptb")
-    return [line[1:] if line.startswith(" ") else line for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def c4_local_file(local_dir: Path, hub_file: str) -> Path | None:
+    """The local copy of C4 ``hub_file`` (``.json.gz``, ``.jsonl`` or a ``.head*`` cut), or None."""
+    folder = Path(local_dir) / "c4"
+    candidates = sorted(folder.glob(c4_stem(hub_file) + "*.json*")) if folder.is_dir() else []
+    return candidates[0] if candidates else None
+
+
+def c4_stem(hub_file: str) -> str:
+    """``en/c4-train.00000-of-01024.json.gz`` -> ``c4-train.00000-of-01024``."""
+    return Path(hub_file).name.removesuffix(".json.gz")
 
 
 def _c4_local(local_dir: Path, hub_file: str, dataset: str) -> list[str]:
-    """C4 documents from a local copy of ``hub_file`` (``.json.gz``, ``.jsonl`` or a ``.head*`` cut)."""
-    stem = Path(hub_file).name.removesuffix(".json.gz")
-    folder = local_dir / "c4"
-    candidates = sorted(folder.glob(stem + "*.json*")) if folder.is_dir() else []
-    if not candidates:
-        raise DatasetUnavailable(f"{dataset}: no local copy of {hub_file} (looked for {folder}/{stem}*.json[l][.gz])")
-    path = candidates[0]
+    """C4 documents from the local copy of ``hub_file``."""
+    path = c4_local_file(local_dir, hub_file)
+    if path is None:
+        folder = Path(local_dir) / "c4"
+        raise DatasetUnavailable(f"{dataset}: no local copy of {hub_file} (looked for {folder}/{c4_stem(hub_file)}*.json[l][.gz])")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()]
@@ -93,6 +110,67 @@ def _hub(dataset: str, *args, column: str, **kwargs) -> list[str]:
         raise DatasetUnavailable(f"{dataset}: could not load {where} from the hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
 
 
+# Hub locations: (dataset id, config or None, split, column, extra load_dataset arguments).
+HUB = {
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {}),
+    # The original `ptb_text_only` is a loading script that current `datasets` refuses; the
+    # hub's Parquet conversion of the same data has identical rows.
+    "ptb": ("ptb-text-only/ptb_text_only", None, "sentence", {"revision": "refs/convert/parquet"}),
+}
+
+
+def hub_rows(name: str, split: str) -> list[str]:
+    """Rows of WikiText-2 or PTB ``split`` from the hub (PTB rows stripped, as the builder does)."""
+    path, config, column, extra = HUB[name]
+    args = (path, config) if config else (path,)
+    rows = _hub(name, *args, split=split, column=column, **extra)
+    return [r.strip() for r in rows] if name == "ptb" else rows
+
+
+def join_rows(name: str, rows: list[str]) -> str:
+    """The protocol's text: WikiText-2 rows joined with blank lines, the others with a space."""
+    return ("\n\n" if name == "wikitext2" else " ").join(rows)
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, memoized on (path, size, mtime) within the process."""
+    stat = Path(path).stat()
+    memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _SHA_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _SHA_MEMO[memo] = digest.hexdigest()
+    return _SHA_MEMO[memo]
+
+
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def local_source(local_dir: str | os.PathLike, path: Path | None, looked_for: str) -> dict:
+    """Descriptor of one local file a dataset reads: its name in the folder and content hash."""
+    if path is None or not Path(path).is_file():
+        return {"source": "local", "file": looked_for, "sha256": None}
+    return {"source": "local", "file": str(Path(path).relative_to(local_dir)), "sha256": file_sha256(path),
+            "path": str(Path(path).resolve())}
+
+
+def eval_source(name: str, local_dir: str | None) -> dict:
+    """Where evaluation set ``name`` comes from: the hub id, or the local file and its sha256
+    (``sha256`` None when the file is missing: the dataset will be reported unavailable)."""
+    if not local_dir:
+        if name == "c4":
+            return {"source": "hub", "id": "allenai/c4", "file": C4_VALIDATION, "documents": C4_EVAL_DOCS}
+        path, config, _, extra = HUB[name]
+        return {"source": "hub", "id": path, "config": config, "split": "test", **extra}
+    if name == "c4":
+        found = c4_local_file(Path(local_dir), C4_VALIDATION)
+        return local_source(local_dir, found, f"c4/{c4_stem(C4_VALIDATION)}*.json[l][.gz]")
+    file = LOCAL_TEST_FILES[name]
+    return local_source(local_dir, Path(local_dir) / file, file)
+
+
 def eval_rows(name: str, local_dir: str | None) -> list[str]:
     """The rows of evaluation dataset ``name``, from ``local_dir`` when set, else the hub."""
     if local_dir:
@@ -102,39 +180,37 @@ def eval_rows(name: str, local_dir: str | None) -> list[str]:
         if name == "ptb":
             return ptb_rows_local(folder)
         return _c4_local(folder, C4_VALIDATION, "c4")[:C4_EVAL_DOCS]
-    if name == "wikitext2":
-        return _hub(name, "Salesforce/wikitext", "wikitext-2-raw-v1", split="test", column="text")
-    if name == "ptb":
-        # The original `ptb_text_only` is a loading script that current `datasets` refuses;
-        # the hub's Parquet conversion of the same data has identical rows.
-        return _hub(name, "ptb-text-only/ptb_text_only", split="test", revision="refs/convert/parquet", column="sentence")
+    if name in HUB:
+        return hub_rows(name, "test")
     return _hub(name, "allenai/c4", data_files={"validation": C4_VALIDATION}, split="validation", column="text")[:C4_EVAL_DOCS]
 
 
 def eval_text(name: str, local_dir: str | None) -> str:
     """The joined test text of ``name`` exactly as the SparseGPT/Wanda/SparseLLM protocol builds it."""
-    rows = eval_rows(check_dataset_names([name])[0], local_dir)
-    return ("\n\n" if name == "wikitext2" else " ").join(rows)
-
-
-def calibration_documents(local_dir: str | None) -> list[str]:
-    """The C4 train shard 00000 documents (locally: the copy under ``c4/``, possibly a head)."""
-    if local_dir:
-        return _c4_local(Path(local_dir), C4_TRAIN, "c4 (calibration)")
-    return _hub("c4 (calibration)", "allenai/c4", data_files={"train": C4_TRAIN}, split="train", column="text")
+    return join_rows(name, eval_rows(check_dataset_names([name])[0], local_dir))
 
 
 # ---- tokenization, cached ---------------------------------------------------------------
 
 
-def _cached(cache_dir: str | None, key: dict, build):
-    """Return ``build()``, memoized on disk under a hash of ``key`` (atomic write)."""
+def cached(cache_dir: str | None, key: dict, build):
+    """Return ``build()``, memoized on disk under a hash of ``key`` (atomic write).
+
+    ``key`` must name the source by content (``eval_source``), not by folder, so that a data
+    file fixed in place is tokenized again. Values are tensors or dicts of tensors and plain
+    numbers, loaded with ``weights_only=True``; a cache file that fails to load is deleted and
+    rebuilt, with a log line naming it.
+    """
     if not cache_dir:
         return build()
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache_dir).expanduser() / "tokens" / f"{key['kind']}-{digest}.pt"
     if path.exists():
-        return torch.load(path)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as err:  # truncated or foreign file: rebuild rather than fail every run
+            log.warning("token cache %s is unreadable (%s): deleting and rebuilding it", path, type(err).__name__)
+            path.unlink(missing_ok=True)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
@@ -156,30 +232,7 @@ def eval_tokens(name: str, tokenizer, local_dir: str | None, seqlen: int, cache_
         ids = torch.tensor([tokenizer(eval_text(name, local_dir)).input_ids], dtype=torch.long)
         return ids[:, : C4_EVAL_WINDOWS * seqlen] if name == "c4" else ids
 
-    key = {"kind": f"eval-{name}", "source": str(local_dir or "hub"), "tok": tokenizer_id(tokenizer),
+    key = {"kind": f"eval-{name}", "source": eval_source(name, local_dir), "tok": tokenizer_id(tokenizer),
            "seqlen": seqlen if name == "c4" else None}
-    return _cached(cache_dir, key, build)
-
-
-def sample_windows(documents: list[str], tokenizer, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """SparseGPT's calibration sampler: ``nsamples`` windows of ``seqlen`` tokens (n x seqlen)."""
-    rng = random.Random(seed)
-    windows = []
-    for _ in range(nsamples):
-        for _attempt in range(100_000):
-            ids = tokenizer(documents[rng.randint(0, len(documents) - 1)]).input_ids
-            if len(ids) > seqlen:
-                break
-        else:
-            raise DatasetUnavailable(f"calibration: no document longer than {seqlen} tokens among {len(documents)}")
-        start = rng.randint(0, len(ids) - seqlen - 1)
-        windows.append(ids[start : start + seqlen])
-    return torch.tensor(windows, dtype=torch.long)
-
-
-def calibration_tokens(tokenizer, local_dir: str | None, nsamples: int, seqlen: int, seed: int,
-                       cache_dir: str | None = None) -> torch.Tensor:
-    """Calibration windows (nsamples x seqlen) from C4, cached by everything that changes them."""
-    key = {"kind": "calib-c4", "source": str(local_dir or "hub"), "tok": tokenizer_id(tokenizer),
-           "n": nsamples, "seqlen": seqlen, "seed": seed}
-    return _cached(cache_dir, key, lambda: sample_windows(calibration_documents(local_dir), tokenizer, nsamples, seqlen, seed))
+    key["source"].pop("path", None)  # content, not location
+    return cached(cache_dir, key, build)

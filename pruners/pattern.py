@@ -39,10 +39,11 @@ class SparsityPattern:
 
     @property
     def label(self) -> str:
-        """Canonical text form used in run ids and tables: ``0.7`` or ``2:4``."""
+        """Canonical text form used in run ids and tables: ``0.7`` or ``2:4``. Twelve significant
+        digits, so two sparsities a user can tell apart never share a label."""
         if self.is_nm:
             return f"{self.n_zero}:{self.m}"
-        return f"{self.ratio:g}"
+        return f"{self.ratio:.12g}"
 
     def __str__(self) -> str:
         return self.label

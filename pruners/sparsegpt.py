@@ -26,6 +26,7 @@ import functools
 
 import torch
 
+from . import fallbacks
 from .base import PerLinearPruner
 from .pattern import SparsityPattern, lowest_k_mask, nm_mask
 
@@ -122,6 +123,10 @@ def _dampened_upper_inverse(
         boost, tries = boost * 10, tries + 1
         diag.add_(boost)
         factor, info = torch.linalg.cholesky_ex(flipped)
+    if tries:
+        fallbacks.record("cholesky_damping_raised",
+                         f"{hessian.shape[0]}-wide Hessian not positive definite with percdamp={percdamp}; "
+                         f"dampening raised {tries} time(s) to {float(boost) / float(mean):.3g} x mean(diag)")
     return _lower_inverse(factor).flip(0, 1)
 
 

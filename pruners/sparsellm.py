@@ -11,7 +11,8 @@ Sample config (``conf/pruner/sparsellm.yaml``)::
     refit: lstsq         # or none: keep the dense down/fc2 and only re-prune it
     refresh_mlp_inputs: false
     storage_dtype: float32   # or bfloat16 for z/s/p storage
-    keep_best: true      # return the iterate of lowest true MLP error (false: the last)
+    keep_best: false     # false: the last iterate, as published; true: the iterate of lowest
+                         # in-sample MLP error, labelled sparsellm+keep_best in every table
 
 Per block, one pass over the still-dense block (``block.capture``) gives the MLP input ``X``
 (input of up/fc1), the dense MLP output ``Y`` (output of down/fc2), the dense activations that
@@ -63,12 +64,18 @@ class SparseLLMPruner:
     percdamp: float = 0.01
     refresh_mlp_inputs: bool = False
     storage_dtype: str = "float32"
-    keep_best: bool = True
+    keep_best: bool = False
     ridge: float = 1e-4
     s_steps: int = 1
     chunk_tokens: int | None = None
     family_defaults: dict = field(default_factory=lambda: _copy(FAMILY_DEFAULTS))
     needs_calibration: bool = True
+
+    @property
+    def label(self) -> str:
+        """Name in tables and run ids. The best-iterate option changes the method (iteration 1 is
+        SparseGPT, so it can never lose to SparseGPT in sample): it gets its own label."""
+        return f"{self.name}+keep_best" if self.keep_best else self.name
 
     def hyperparameters(self, kind: str) -> dict[str, float]:
         """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
@@ -164,7 +171,7 @@ def build(
     refresh_mlp_inputs: bool = False,
     storage_dtype: str = "float32",
     family_defaults: Mapping | None = None,
-    keep_best: bool = True,
+    keep_best: bool = False,
     ridge: float = 1e-4,
     s_steps: int = 1,
     chunk_tokens: int | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import fallbacks
 from .pattern import SparsityPattern
 from .sparsegpt import add_gram, mirror_gram, sparsegpt_prune
 
@@ -33,9 +34,12 @@ def ridge_cholesky(gram: torch.Tensor, ridge: float) -> torch.Tensor:
     g = gram.double()
     eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     lam = ridge * float(g.diagonal().mean().clamp_min(1e-12))
-    for _ in range(8):
+    for tries in range(8):
         factor, info = torch.linalg.cholesky_ex(g + lam * eye)
         if int(info) == 0:
+            if tries:
+                fallbacks.record("ridge_raised", f"{g.shape[0]}-wide Gram matrix needed the ridge raised "
+                                 f"{tries} time(s) to {ridge * 10 ** tries:g} x mean(diag)")
             return factor
         lam *= 10.0
     raise RuntimeError("SparseLLM: Gram matrix is not positive definite even with a large ridge")
@@ -257,6 +261,8 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
     for it in range(1, iterations + 1):
         if it > 1:
             if not all(bool(torch.isfinite(t).all()) for t in (ptp, ptu, *cross.values())):
+                fallbacks.record("aux_overflow_stop", f"auxiliaries not finite after iteration {it - 1} of "
+                                 f"{iterations}: stopped, returning iteration {best[1] if best else None}")
                 break  # auxiliaries overflowed: keep the best iterate so far
             for k, _, _ in ins:
                 current[k] = lstsq_weight(chol_x, cross[k])
@@ -314,6 +320,8 @@ def _optimize(kind, X, Y, ins, w_down, b_down, pattern: SparsityPattern, alpha, 
         history["objective"].append(objective)
         history["mlp_rel_error"].append(rel)
         finite = all(bool(torch.isfinite(w).all()) for w in [*pruned.values(), pruned_down])
+        if not finite:
+            fallbacks.record("nonfinite_iterate_skipped", f"iteration {it}: pruned MLP weights not finite, not taken")
         if finite and (best is None or not keep_best or rel <= best[0]):
             best = (rel, it, pruned, pruned_down)
     if best is None:

@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from eval.datasets import calibration_tokens
+from eval.calibration import calibration_tokens
 from pruners.pattern import SparsityPattern
 
 from . import provenance
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     spec = ModelSpec(name="smollm2-135m", source="embedded", family="llama", dtype="float32")
     model, tokenizer = load_model(spec, device="cpu", cache_dir=cache, local_dir=local)
     adapter = adapter_for(model)
-    tokens = calibration_tokens(tokenizer, local, int(args["nsamples"]), int(args["seqlen"]), 0, cache)
+    tokens = calibration_tokens(tokenizer, "c4", local, int(args["nsamples"]), int(args["seqlen"]), 0, cache).tokens
     pattern = SparsityPattern.parse(args["sparsity"])
     t_pass = time_pass(model, adapter, tokens)
     print(f"T_pass = {t_pass:.1f} s ({args['nsamples']} x {args['seqlen']} tokens, 30 blocks, "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pruners import fallbacks
 from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
 
@@ -248,10 +249,12 @@ def _relative_error(pruned: list[torch.Tensor], dense: list[torch.Tensor]) -> fl
 
 @dataclass
 class PruneReport:
-    """Per-Linear rows (``layers.csv``) and per-block diagnostic rows (``blocks.csv``)."""
+    """Per-Linear rows (``layers.csv``), per-block diagnostic rows (``blocks.csv``) and the
+    numerical fallbacks of the whole model (count per kind; per block in ``blocks``)."""
 
     layers: list[dict] = field(default_factory=list)
     blocks: list[dict] = field(default_factory=list)
+    fallbacks: dict[str, int] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -276,7 +279,11 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
                            batches or [], need_dense=diagnostics)
             if diagnostics and not pruner.needs_calibration:
                 run._run()
-            pruner.prune_block(run)
+            with fallbacks.collecting() as events:
+                pruner.prune_block(run)
+            for kind, count in fallbacks.counts(events).items():
+                report.blocks.append({"block": i, "metric": f"fallback:{kind}", "step": None, "value": count})
+                report.fallbacks[kind] = report.fallbacks.get(kind, 0) + count
             outputs = run_block(block, batches) if batches is not None else None
             seconds = time.perf_counter() - start
             report.blocks.append({"block": i, "metric": "seconds", "step": None, "value": seconds})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-RETRY_STATUSES = ("error",)  # a run that failed this way is tried again on the next sweep
+RETRY_STATUSES = ("error", "unavailable")  # tried again on the next sweep (the data may be there now)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-from eval.datasets import (DatasetUnavailable, calibration_documents, eval_rows, eval_text, eval_tokens,
-                           sample_windows)
+from eval.calibration import pool_documents, sample_windows
+from eval.datasets import DatasetUnavailable, eval_rows, eval_text, eval_tokens
 from eval.perplexity import windows
 
 
@@ -21,11 +21,16 @@ def test_wikitext2_local_rows_match_hub_layout(local_data):
 
 
 def test_ptb_local_rows_match_hub_layout(local_data):
-    """Local PTB rows are the file's lines without leading space and newline, joined by ' '."""
-    lines = (local_data / "ptb" / "ptb.test.txt").read_text(encoding="utf-8").splitlines()
+    """Local PTB rows are the file's lines stripped on both sides (the hub builder's line.strip())."""
+    raw = (local_data / "ptb" / "ptb.test.txt").read_text(encoding="utf-8")
     rows = eval_rows("ptb", str(local_data))
-    assert rows == [line[1:] for line in lines] and len(rows) == 3761
-    assert eval_text("ptb", str(local_data)).startswith("no it was n't black monday  but while")
+    assert len(rows) == 3761
+    assert all(r and r[0] != " " and r[-1] != " " for r in rows)
+    # independent construction: drop the one leading and one trailing space of every line
+    assert rows == [line[1:-1] if line.startswith(" ") and line.endswith(" ") else line.strip()
+                    for line in raw.split("\n") if line]
+    text = eval_text("ptb", str(local_data))
+    assert text.startswith("no it was n't black monday but while") and "  " not in text
 
 
 def test_c4_validation_unavailable_offline(local_data, tmp_path):
@@ -76,7 +81,7 @@ def test_calibration_sampler_matches_reference_algorithm():
 
 def test_calibration_documents_local(local_data):
     """The local C4 train head loads as 1,000 documents."""
-    docs = calibration_documents(str(local_data))
+    docs = pool_documents("c4", str(local_data))
     assert len(docs) == 1000 and all(isinstance(d, str) and d for d in docs)
 
 
@@ -85,6 +90,14 @@ def test_windows_drop_the_tail():
     ids = torch.arange(103).unsqueeze(0)
     assert windows(ids, 10).shape == (10, 10)
     assert windows(ids, 10, max_windows=3).tolist()[2] == list(range(20, 30))
+
+
+@pytest.mark.slow
+def test_ptb_token_count_smollm2(smollm2, local_data, tmp_path):
+    """PTB test (rows stripped, joined with ' ') tokenizes to 97,930 SmolLM2 tokens: 47 windows of 2048."""
+    ids = eval_tokens("ptb", smollm2[1], str(local_data), 2048, str(tmp_path))
+    assert ids.shape == (1, 97_930)
+    assert windows(ids, 2048).shape[0] == 47
 
 
 @pytest.mark.slow

@@ -77,11 +77,46 @@ def _mlp_error(model, adapter, index, tokens, pruner):
 @pytest.mark.slow
 def test_sparsellm_beats_sparsegpt_on_smollm2_block(smollm2, local_data, cache_dir):
     """On a real SmolLM2 block with C4 calibration text at 70%, SparseLLM's MLP output error is lower."""
-    from eval.datasets import calibration_tokens
+    from eval.calibration import calibration_tokens
 
     model, tokenizer = smollm2
     adapter = adapter_for(model)
-    tokens = calibration_tokens(tokenizer, str(local_data), 8, 256, 0, cache_dir)
+    tokens = calibration_tokens(tokenizer, "c4", str(local_data), 8, 256, 0, cache_dir).tokens
     gpt = _mlp_error(model, adapter, 3, tokens, sparsegpt())
     llm = _mlp_error(model, adapter, 3, tokens, sparsellm())
     assert llm < gpt, (llm, gpt)
+
+
+@pytest.mark.slow
+def test_sparsellm_default_returns_the_last_iterate_on_smollm2(smollm2, local_data, cache_dir):
+    """pruner=sparsellm at 0.7 (keep_best at its default): the weights written are the last iterate's,
+    whose MLP error is the last recorded one; keep_best=true returns the lowest recorded one."""
+    from eval.calibration import calibration_tokens
+    from runners.job import resolve
+    from tests.test_identity import _cfg
+
+    model, tokenizer = smollm2
+    adapter = adapter_for(model)
+    tokens = calibration_tokens(tokenizer, "c4", str(local_data), 4, 256, 0, cache_dir).tokens
+    for keep_best in (False, True):
+        pruner = resolve(_cfg("pruner=sparsellm", f"pruner.keep_best={str(keep_best).lower()}"))[1]
+        assert pruner.keep_best is keep_best  # the config default is False
+        recorded = []
+        pruner_record = BlockRun.record
+
+        def spy(self, metric, value, step=None):
+            recorded.append((metric, step, value))
+            pruner_record(self, metric, value, step)
+
+        BlockRun.record = spy
+        try:
+            error = _mlp_error(model, adapter, 3, tokens, pruner)
+        finally:
+            BlockRun.record = pruner_record
+        errors = [v for m, s, v in recorded if m == "mlp_rel_error"]
+        best = dict((m, v) for m, s, v in recorded if m == "best_iteration")["best_iteration"]
+        assert len(errors) == 4
+        if keep_best:
+            assert best == 1 + errors.index(min(errors)) and error == pytest.approx(min(errors), rel=1e-3)
+        else:
+            assert best == 4 and error == pytest.approx(errors[-1], rel=1e-3)

@@ -1,0 +1,161 @@
+"""What a run is: its validated settings and the run id that hashes everything that changes its numbers.
+
+``prepare(cfg)`` checks the settings and resolves them (device kind, model dtype, layers, the
+data each dataset will be read from) without loading a model. ``Run.key(pruner)`` is the
+run's identity: model source and resolved dtype, device kind, the pruner's settings and label,
+the exact sparsity, the pruned blocks, the calibration (dataset, pool fingerprint, size,
+seqlen, seed) and the evaluation settings with a content fingerprint of every data file read.
+Two runs that can give different numbers never share a run id, so one is never skipped as the
+other's "done".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eval.calibration import calibration_source
+from eval.datasets import check_dataset_names, eval_source
+from pruners.pattern import SparsityPattern
+
+from .engine import resolve_layers
+from .models import ModelSpec, resolve_dtype
+
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def layers_label(spec) -> str:
+    """Text of ``prune.layers`` as given: ``all``, ``first_half``, ``0-5``, or ``0,3,5`` for a list."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, int):
+        return str(spec)
+    return ",".join(str(i) for i in spec)
+
+
+def _content(source: dict) -> dict:
+    """A data source descriptor without its absolute path: identity is the content, not the place."""
+    return {k: v for k, v in source.items() if k != "path"}
+
+
+@dataclass
+class Run:
+    """Everything about one run that is fixed before the model loads."""
+
+    cfg: DictConfig
+    model: ModelSpec
+    pruner_cfg: dict
+    pattern: SparsityPattern
+    layers: object
+    device: str
+    dtype: str
+    eval_sources: dict
+
+    @property
+    def is_dense(self) -> bool:
+        return self.pruner_cfg["name"] == "dense"
+
+    @property
+    def device_kind(self) -> str:
+        """``cpu`` or ``cuda`` (the index does not change a number)."""
+        return self.device.split(":")[0]
+
+    @property
+    def seed(self) -> int | None:
+        """The seed that can change this run's numbers: none for the dense baseline of a real
+        model (nothing random happens); a tiny random model's weights come from the seed."""
+        if self.is_dense and self.model.source != "tiny":
+            return None
+        return int(self.cfg.seed)
+
+    def calib_nsamples(self, pruner) -> int:
+        """Calibration size: the pruner's own per-family default when it declares one (the
+        released SparseLLM: 64 OPT, 32 LLaMA), else ``calib.nsamples``."""
+        own = getattr(pruner, "calib_nsamples", None) or {}
+        return int(own.get(self.model.family, self.cfg.calib.nsamples))
+
+    def calibration(self, pruner) -> dict | None:
+        """The calibration part of the identity (None when the pruner reads no calibration data)."""
+        if self.is_dense or not pruner.needs_calibration:
+            return None
+        c = self.cfg.calib
+        return {"dataset": str(c.dataset), "nsamples": self.calib_nsamples(pruner), "seqlen": int(c.seqlen),
+                "seed": int(self.cfg.seed), "source": _content(calibration_source(c.dataset, self.cfg.data.local_dir))}
+
+    def label(self, pruner) -> str:
+        """Pruner label of tables and run ids (e.g. ``sparsellm+keep_best``)."""
+        return "dense" if self.is_dense else str(getattr(pruner, "label", self.pruner_cfg["name"]))
+
+    def key(self, pruner) -> dict:
+        """Everything that changes this run's numbers (hashed into the run id)."""
+        c = self.cfg
+        ev = OmegaConf.to_container(c.eval, resolve=True)
+        ev["sources"] = {name: _content(src) for name, src in self.eval_sources.items()}
+        model = {"name": self.model.name, "source": self.model.source, "path": self.model.name_or_path,
+                 "family": self.model.family, "dtype": self.dtype, "tiny": self.model.tiny}
+        key = {"model": model, "device": self.device_kind, "eval": ev, "seed": self.seed}
+        if self.is_dense:
+            return {**key, "pruner": {"name": "dense"}, "label": "dense", "sparsity": "0", "layers": "none",
+                    "calib": None}
+        return {**key, "pruner": self.pruner_cfg, "label": self.label(pruner), "sparsity": self.pattern.label,
+                "ratio": self.pattern.ratio, "layers": layers_label(self.layers), "calib": self.calibration(pruner),
+                "prune_batch_size": int(c.prune.batch_size)}
+
+    def dense(self) -> "Run":
+        """The dense baseline run of the same model and evaluation protocol."""
+        return Run(self.cfg, self.model, {"name": "dense", "_target_": "pruners.dense.build"},
+                   SparsityPattern(0.0), "none", self.device, self.dtype, self.eval_sources)
+
+
+def run_id(key: dict) -> str:
+    """Readable, unique folder name: ``<model>__<label>__<sparsity>__<hash>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    label = f"{key['model']['name']}__{key['label']}__{key['sparsity']}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", label) + f"__{digest}"
+
+
+def data_source_label(run: Run) -> str:
+    """Short text for the metrics rows: ``hub``, or ``local:<hash of the local files' hashes>``."""
+    sources = list(run.eval_sources.values())
+    if all(s["source"] == "hub" for s in sources):
+        return "hub"
+    digest = hashlib.sha256(json.dumps([_content(s) for s in sources], sort_keys=True).encode()).hexdigest()[:8]
+    return f"local:{digest}"
+
+
+def _device(value: str) -> str:
+    device = str(value)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA device is available: use device=cpu or device=auto")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"device={device!r} is not valid: accepted auto, cpu, cuda, cuda:N")
+    return device
+
+
+def prepare(cfg: DictConfig) -> Run:
+    """Validate and resolve every setting (ValueError naming the bad value) without loading anything."""
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} is not valid: accepted a whole number such as 0")
+    pruner_cfg = OmegaConf.to_container(cfg.pruner, resolve=True)
+    pattern = SparsityPattern.parse(cfg.sparsity)
+    layers = OmegaConf.to_container(cfg.prune.layers) if OmegaConf.is_config(cfg.prune.layers) else cfg.prune.layers
+    resolve_layers(layers)  # syntax now; against the block count once the model's config is known
+    names = check_dataset_names(cfg.eval.datasets)
+    model = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
+    device = _device(cfg.device)
+    local_dir = cfg.data.local_dir
+    if local_dir and not Path(local_dir).is_dir():
+        raise ValueError(f"data.local_dir={str(local_dir)!r} is not a folder: accepted a folder laid out like "
+                         "shared/data, or null for the hub")
+    calibration_source(cfg.calib.dataset, local_dir)  # stops here, before any load, when the pool is missing
+    sources = {name: eval_source(name, local_dir) for name in names}
+    dtype = DTYPE_NAMES[resolve_dtype(model.dtype, device)]
+    return Run(cfg, model, pruner_cfg, pattern, layers, device, dtype, sources)
