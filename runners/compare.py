@@ -1,22 +1,27 @@
 """Our numbers next to the published ones in ``results/reference/published.csv``.
 
-A published row is paired with every run of ours that has the same model, pruner, sparsity,
-layers, dataset and metric (the dense baseline matches whatever ``layers`` says, since it
-prunes nothing), and, where the published row gives ``eval_seqlen``, the same evaluation
-sequence length. A run of ours that failed (one ``dataset=all`` row) is paired with every
-published dataset of its key and shows its status instead of a number and a ratio.
+A published row is paired with every configuration of ours (aggregated over its seeds: mean ± std,
+n) that has the same model, pruner, sparsity, layers, dataset and metric (the dense baseline
+matches whatever ``layers`` says, since it prunes nothing), and, where the published row gives
+``eval_seqlen``, the same evaluation sequence length. The pruner must match exactly, except for
+the aliases in ``ALIASES`` (``sparsellm_released``, the authors' released code, is compared with
+the published SparseLLM numbers; ``sparsellm+keep_best`` is our variant and is not). A run of
+ours that failed (one ``dataset=all`` row) is paired with every published dataset of its key and
+shows its status instead of a number and a ratio.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from .tables import Table, cell, sparsity_label
+from .aggregate import aggregate
+from .tables import Table, sparsity_label
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
 KEY = ["model", "pruner", "sparsity", "layers", "dataset", "metric"]
+# Our pruner labels that a published pruner's numbers apply to (the label is shown as is).
+ALIASES = {"sparsellm": ("sparsellm", "sparsellm_released")}
 COLUMNS = KEY + ["our protocol", "ours", "published", "ratio", "published protocol", "source"]
 
 
@@ -36,31 +41,37 @@ def load_published(path: str | Path = REFERENCE) -> pd.DataFrame:
 
 def _protocol(row: pd.Series, no_calibration: frozenset) -> str:
     windows = "all windows" if row["eval_max_windows"] == "all" else f"first {row['eval_max_windows']} windows"
-    calib = "no calibration" if row["pruner"] == "dense" or row["run_id"] in no_calibration else \
+    runs = set(str(row["run_ids"]).split(","))
+    calib = "no calibration" if row["pruner"] == "dense" or runs & no_calibration else \
         f"calib {row['calib_dataset']} {row['calib_nsamples']}x{row['calib_seqlen']}"
-    return f"{row['protocol']}: seqlen {row['eval_seqlen']}, {windows}; {calib}"
+    return f"{row['protocol']}: seqlen {row['eval_seqlen']}, {windows}; {calib}; seeds {row['seeds']}"
 
 
 def compare(metrics: pd.DataFrame, published: pd.DataFrame, no_calibration=frozenset()) -> pd.DataFrame:
-    """One row per (published number, matching run of ours): both values and ours / published.
+    """One row per (published number, matching configuration of ours): both values and ours / published.
 
+    Ours is the mean over the configuration's seeds (``mean ± std (n=3)``), the ratio is mean / published.
     ``no_calibration``: run ids whose pruner used no calibration data (said so in "our protocol").
     """
     rows = []
     for _, ref in published.iterrows():
-        ours = metrics[(metrics["model"] == ref["model"]) & (metrics["pruner"] == ref["pruner"])
+        ours = metrics[(metrics["model"] == ref["model"])
+                       & metrics["pruner"].isin(ALIASES.get(ref["pruner"], (ref["pruner"],)))
                        & (metrics["sparsity"] == ref["sparsity"]) & (metrics["metric"] == ref["metric"])
                        & metrics["dataset"].isin([ref["dataset"], "all"])]
         if ref["pruner"] != "dense":
             ours = ours[ours["layers"] == ref["layers"]]
         if str(ref["eval_seqlen"]).strip():
             ours = ours[ours["eval_seqlen"].astype(str) == str(int(float(ref["eval_seqlen"])))]
-        for _, row in ours.iterrows():
-            ok = row["status"] == "ok" and pd.notna(row["value"]) and math.isfinite(float(row["value"]))
-            source = ", ".join(str(ref[c]) for c in ("source", "table") if str(ref[c]).strip())
-            rows.append({**{k: ref[k] for k in KEY}, "our protocol": _protocol(row, frozenset(no_calibration)),
-                         "ours": cell(row["value"], row["status"]), "published": f"{ref['value']:.2f}",
-                         "ratio": f"{float(row['value']) / ref['value']:.3f}" if ok else row["status"],
+        if ours.empty:
+            continue
+        source = ", ".join(str(ref[c]) for c in ("source", "table") if str(ref[c]).strip())
+        for _, row in aggregate(ours.assign(dataset=ref["dataset"])).iterrows():  # a failed run: its status
+            stat = row["stat"]
+            rows.append({**{k: ref[k] for k in KEY}, "pruner": row["pruner"],
+                         "our protocol": _protocol(row, frozenset(no_calibration)), "ours": stat.text(),
+                         "published": f"{ref['value']:.2f}",
+                         "ratio": f"{stat.mean / ref['value']:.3f}" if stat.n else row["status"],
                          "published protocol": ref["protocol"], "source": source})
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -6,8 +6,11 @@ Usage: ``python -m runners.report [results.dir=PATH] [report.compare=true]
 (``results/reference/published.csv``); writes ``<results.dir>/summary.csv`` and
 ``<results.dir>/report/`` (``report.md``, ``tables/*.md|csv|tex``, ``plots/*.png``).
 Table layout: rows = pruner (the dense baseline on top), columns = sparsity x dataset.
-A cell shows the perplexity, or the run's status (``nan``, ``oom``, ``unavailable``,
-``error``) when there is no valid number: a failed run never shows as a number.
+A cell shows the perplexity (``mean ± std (n=3)`` over calibration seeds when several ran), or
+the run's status (``nan``, ``oom``, ``unavailable``, ``error``) when there is no valid number:
+a failed run never shows as a number. Also written: ``tables/aggregate.csv`` (every
+configuration x dataset x metric: mean, std, n) and ``tables/paired_<group>.md|csv`` (paired
+differences between pruners over common seeds, with 95% t-intervals).
 """
 from __future__ import annotations
 
@@ -20,12 +23,17 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
+from .aggregate import long_table, paired_differences, paired_text
 from .compare import REFERENCE, compare, comparison_table, load_published
+from .report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
 from .store import atomic_write_text, load_metrics, read_manifest
 from .tables import (GROUP, VARYING, Table, normalize, ppl_grid, ppl_table, sparsity_label, to_csv, to_latex,
                      to_markdown, zeroshot_grid)
 
-IDENTITY = ["run_id", "model", "pruner", "sparsity", *VARYING, "protocol", "eval_seqlen", "eval_max_windows"]
+IDENTITY = ["run_id", "model", "pruner", "sparsity", *VARYING, "protocol", "eval_seqlen", "eval_max_windows",
+            "seed"]
+FALLBACK = "fallback:"  # blocks.csv metric prefix: ``fallback:<kind>``, value = count in that block
+FALLBACK_COLUMNS = ["run_id", "block", "kind", "value"]
 
 
 def summarize(results_dir: str | Path) -> str:
@@ -33,24 +41,28 @@ def summarize(results_dir: str | Path) -> str:
     metrics = load_metrics(results_dir)
     if metrics.empty:
         return f"no finished runs in {Path(results_dir) / 'runs'}"
-    metrics.to_csv(Path(results_dir) / "summary.csv", index=False)
+    metrics.to_csv(Path(results_dir) / "summary.csv", index=False)  # the raw rows, one per run
+    metrics = normalize(metrics)
     parts = []
     for key, frame in metrics.groupby(GROUP, dropna=False, sort=True):
         title = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key))
         parts.append(f"### Perplexity ({title})\n\n{to_markdown(ppl_table(frame))}\n")
-    notes = metrics[(metrics["status"] != "ok") & metrics["message"].notna() & (metrics["message"] != "")]
-    if not notes.empty:
-        parts.append("Notes:\n" + "\n".join(sorted({f"- {m}" for m in notes["message"]})))
+    notes = note_lines(metrics, with_ids=False)
+    if notes:
+        parts.append("Notes:\n" + "\n".join(notes))
     return "\n".join(parts)
 
 
 @dataclass
 class Store:
-    """What a report reads: metric rows (normalized), per-block errors, and each run's manifest."""
+    """What a report reads: metric rows (normalized), per-block errors (``rel_output_error`` rows with
+    each run's identity columns), numerical fallbacks per block (``run_id, block, kind, value``), and
+    each run's manifest."""
 
     metrics: pd.DataFrame
     blocks: pd.DataFrame
     manifests: dict = field(default_factory=dict)
+    fallbacks: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FALLBACK_COLUMNS))
 
     def groups(self):
         """``(title, slug, metric rows, block rows)`` per model and evaluation protocol."""
@@ -66,10 +78,10 @@ class Store:
 
 
 def load_store(results_dir: str | Path) -> Store:
-    """Read every complete run of ``<results_dir>/runs`` (metrics, blocks.csv errors, manifests)."""
+    """Read every complete run of ``<results_dir>/runs`` (metrics, blocks.csv errors and fallbacks, manifests)."""
     raw = load_metrics(results_dir)
     metrics = normalize(raw) if not raw.empty else raw
-    manifests, frames = {}, []
+    manifests, frames, falls = {}, [], []
     for folder in sorted((Path(results_dir) / "runs").glob("*")):
         manifest = read_manifest(folder)
         if manifest is None or not (folder / "metrics.csv").exists():
@@ -77,52 +89,20 @@ def load_store(results_dir: str | Path) -> Store:
         manifests[folder.name] = manifest
         if (folder / "blocks.csv").exists():
             blocks = pd.read_csv(folder / "blocks.csv")
-            frames.append(blocks[blocks["metric"] == "rel_output_error"].assign(run_id=folder.name))
+            metric = blocks["metric"].astype(str)
+            frames.append(blocks[metric == "rel_output_error"].assign(run_id=folder.name))
+            fall = blocks[metric.str.startswith(FALLBACK)]
+            falls.append(pd.DataFrame({"run_id": folder.name, "block": fall["block"].astype(int),
+                                       "kind": fall["metric"].str[len(FALLBACK):],
+                                       "value": pd.to_numeric(fall["value"], errors="coerce").fillna(0)}))
     blocks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["block", "metric", "value"])
     if not metrics.empty and frames:
         ids = metrics[IDENTITY].drop_duplicates("run_id")
         blocks = blocks.drop_duplicates(["run_id", "block"], keep="last").merge(ids, on="run_id")
     else:
         blocks = blocks.assign(**{c: pd.Series(dtype=object) for c in IDENTITY if c not in blocks})
-    return Store(metrics, blocks, manifests)
-
-
-def _join(values) -> str:
-    return ", ".join(f"`{v}`" for v in dict.fromkeys(map(str, values)))
-
-
-def protocol_lines(frame: pd.DataFrame, manifests: dict) -> list[str]:
-    """Markdown bullets stating how every number of one model/protocol was obtained."""
-    pruned = frame[frame["pruner"] != "dense"].drop_duplicates("run_id")
-    first = frame.iloc[0]
-    datasets = [d for d in frame.loc[frame["metric"] == "ppl", "dataset"].unique() if d != "all"]
-    windows = "every window" if first["eval_max_windows"] == "all" else f"the first {first['eval_max_windows']} windows"
-    lines = [f"- Evaluation: perplexity on {_join(datasets) or 'none'}, non-overlapping windows of "
-             f"{first['eval_seqlen']} tokens, {windows} of each test set."]
-    tasks = [d for d in frame.loc[frame["metric"] == "acc", "dataset"].unique() if d != "zeroshot_mean"]
-    if tasks:
-        lines.append(f"- Zero-shot (lm-eval, 0-shot): {_join(tasks)}; mean over the tasks that ran.")
-    if not pruned.empty:  # the run key of a pruner that needs no calibration data has calib = None
-        uses = pruned["run_id"].map(lambda r: (manifests.get(r, {}).get("run_key") or {}).get("calib", 1) is not None)
-        calib = pruned[uses].groupby(["calib_dataset", "calib_nsamples", "calib_seqlen"], sort=True)["pruner"]
-        parts = [f"{ds} {n} x {sl} tokens ({_join(p)})" for (ds, n, sl), p in calib.unique().items()]
-        parts += [f"none ({_join(pruned.loc[~uses, 'pruner'])})"] if (~uses).any() else []
-        lines.append("- Calibration: " + "; ".join(parts) + f"; seed {_join(pruned['seed'])}.")
-        layers = pruned.groupby("layers", sort=True)["pruner"].unique()
-        lines.append("- Pruned blocks (`layers`): " + "; ".join(f"`{k}` ({_join(p)})" for k, p in layers.items()))
-    runs = [manifests[r] for r in frame["run_id"].unique() if r in manifests]
-    statuses = pd.Series([m.get("status") for m in runs]).value_counts()
-    lines.append(f"- Runs: {len(runs)} (" + ", ".join(f"{k} {v}" for k, v in statuses.items()) + ").")
-    versions = pd.Series([", ".join(f"{k} {v}" for k, v in sorted((m.get("versions") or {}).items()) if v)
-                          for m in runs]).value_counts()
-    for text, count in versions.items():
-        lines.append(f"- Packages ({count} run{'s' * (count != 1)}): {text or 'not recorded'}.")
-    revs = {f"{(m.get('git') or {}).get('commit') or 'unknown'}"[:10]
-            + (" (uncommitted changes)" if (m.get("git") or {}).get("dirty") else "") for m in runs}
-    hw = {str((m.get("hardware") or {}).get("gpu") or (m.get("hardware") or {}).get("cpu")
-              or (m.get("hardware") or {}).get("device")) for m in runs}
-    lines.append(f"- Code revision: {_join(sorted(revs))}; hardware: {_join(sorted(hw))}.")
-    return lines
+    fallbacks = pd.concat(falls, ignore_index=True) if falls else pd.DataFrame(columns=FALLBACK_COLUMNS)
+    return Store(metrics, blocks, manifests, fallbacks)
 
 
 def _write_table(table: Table, folder: Path, name: str) -> str:
@@ -136,10 +116,37 @@ def _write_table(table: Table, folder: Path, name: str) -> str:
 
 
 def _plot(fig, plot_dir: Path, name: str, alt: str) -> str:
+    """Save ``fig`` as ``plots/<name>.png``; return its Markdown image line ("" when there is no figure)."""
     if fig is None:
         return ""
     plots.save(fig, plot_dir / f"{name}.png")
     return f"![{alt}](plots/{name}.png)\n"
+
+
+PAIRED_NOTE = ("Per pair of pruners A, B at the same sparsity, layers, dataset and metric: the differences "
+               "A - B over the calibration seeds both ran (the same seed gives both the same calibration "
+               "windows), their mean and sample std, and the 95% t-interval mean ± t(0.975, n-1) · sd / √n "
+               "(n/a with fewer than 2 seeds). Perplexity: negative means A is better; accuracy (in %): "
+               "positive means A is better. **A difference whose interval includes 0 is not a result.**")
+
+
+def _paired_section(frame: pd.DataFrame, folder: Path, slug: str, title: str) -> list[str]:
+    """Write ``paired_<slug>.md|csv`` (the CSV with full-precision numbers); return the report.md lines."""
+    pairs = paired_differences(frame)
+    if pairs.empty:
+        return []
+    text = paired_text(pairs)
+    table = Table(f"Paired differences over seeds: {title}", text,
+                  pd.DataFrame(False, index=text.index, columns=text.columns), index_name=None)
+    md = to_markdown(table)
+    atomic_write_text(folder / f"paired_{slug}.md", f"{table.title}\n\n{PAIRED_NOTE}\n\n{md}\n")
+    atomic_write_text(folder / f"paired_{slug}.csv", pairs.to_csv(index=False))
+    links = " ".join(f"[{ext}](tables/paired_{slug}.{ext})" for ext in ("md", "csv"))
+    head = ["### Paired differences between pruners over seeds", ""]
+    if (pairs["n"] < 2).all():  # a single-seed sweep: nothing to test, so no table of n/a in report.md
+        return head + ["No two pruners share two or more seeds here, so no difference can be tested "
+                       f"(sweep `seed=0,1,2`). Files: {links}", ""]
+    return head + [PAIRED_NOTE, "", md, "", f"Files: {links}", ""]
 
 
 def build_report(results_dir: str | Path, compare_published: bool = False, block_sparsity: str | None = None,
@@ -155,13 +162,19 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
     doc = ["# Pruning benchmark report", "",
            f"From {len(store.manifests)} runs in `{Path(results_dir) / 'runs'}`. Perplexity: lower is better; "
            "zero-shot accuracy in %: higher is better. **Bold** (`*` in CSV) marks the best pruned value of "
-           "each column (the dense baseline on top is not ranked). A run without a valid number shows its "
-           "status (`nan`, `oom`, `unavailable`, `error`); `-` means not run.", ""]
+           "each column by its mean, among cells whose every seed gave a number (the dense baseline on top "
+           "is not ranked). With several calibration seeds a cell reads `mean ± std (n=3)`: the mean and "
+           "sample standard deviation over the n seeds with a valid number (`n=2; 1 nan` when one failed); "
+           "one seed shows the plain value. A run without a valid number shows its status (`nan`, `oom`, "
+           "`unavailable`, `error`); `-` means not run. Every configuration's mean, std and n: "
+           "[tables/aggregate.csv](tables/aggregate.csv).", ""]
+    tables.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(tables / "aggregate.csv", long_table(store.metrics).to_csv(index=False))
     for title, slug, frame, blocks in store.groups():
-        doc += [f"## {title}", "", "**Protocol**", "", *protocol_lines(frame, store.manifests), "",
+        doc += [f"## {title}", "", "**Protocol**", "", *protocol_lines(frame, store.manifests, store.fallbacks), "",
                 "### Perplexity", "", _write_table(ppl_grid(frame, f"Perplexity: {title}"), tables, f"ppl__{slug}"),
                 _plot(plots.ppl_vs_sparsity(frame, f"Perplexity vs sparsity: {title}"), plot_dir, f"ppl__{slug}",
-                      "perplexity vs sparsity")]
+                      "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title)]
         for metric in ("acc", "acc_norm"):
             table = zeroshot_grid(frame, metric, f"Zero-shot {metric} (%): {title}")
             if table is not None:
@@ -182,12 +195,15 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
         pairs = compare(store.metrics, load_published(reference), no_calib)
         doc += ["## Comparison with published numbers", "",
                 f"Reference: `{reference}`. Paired on model, pruner, sparsity, layers, dataset, metric (and the "
-                "published evaluation seqlen where given); ratio = ours / published.", ""]
+                "published evaluation seqlen where given); ours is the mean over seeds, ratio = mean / published. "
+                "`sparsellm_released` is compared with the published SparseLLM numbers; `sparsellm+keep_best` "
+                "is not.", ""]
         doc.append(_write_table(comparison_table(pairs), tables, "comparison") if not pairs.empty
                    else "No run matches a published number.\n")
-    notes = store.metrics[(store.metrics["status"] != "ok") & (store.metrics["message"] != "")]
-    if not notes.empty:
-        doc += ["## Notes", "", *sorted({f"- `{r.run_id}` ({r.status}): {r.message}" for r in notes.itertuples()})]
+    doc += fallback_section(store.metrics, store.manifests, store.fallbacks)
+    notes = note_lines(store.metrics)
+    if notes:
+        doc += ["## Notes", "", "Each message once, with the runs it applies to.", "", *notes]
     atomic_write_text(out / "report.md", "\n".join(doc).rstrip() + "\n")
     return out / "report.md"
 

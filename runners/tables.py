@@ -2,79 +2,30 @@
 
 A :class:`Table` holds the text of every cell (a number, or the run's status: ``nan``, ``oom``,
 ``unavailable``, ``error``; ``-`` where nothing was run) and a mask of the best value per
-column. "Best" is taken among the pruned rows only (the dense baseline would always win):
-the lowest perplexity, the highest accuracy. Markdown and LaTeX show it in bold, CSV appends
-``*`` to the cell.
+column. Cells aggregate the runs of every seed (runners/aggregate.py): ``35.00`` for one seed,
+``35.00 ± 1.00 (n=3)`` (mean ± sample std over n seeds) for several, ``(n=2; 1 nan)`` when a seed
+failed. "Best" is taken by the mean among the pruned rows whose every seed gave a number (the
+dense baseline would always win): the lowest perplexity, the highest accuracy. Markdown and
+LaTeX (``$\\pm$``) show it in bold, CSV appends ``*`` to the cell. The label helpers live in
+runners/labels.py and are re-exported here.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
 
-GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
-VARYING = ["layers", "calib_nsamples", "calib_seqlen", "seed"]
-PRUNER_ORDER = ["dense", "magnitude", "wanda", "sparsegpt", "sparsellm"]
+from .aggregate import aggregate, expand_failed
+# GROUP, VARYING, PRUNER_ORDER, normalize, sparsity_ratio: re-exported for code that imported them from here.
+from .labels import (GROUP, PRUNER_ORDER, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
+                     sparsity_label, sparsity_order, sparsity_ratio)
+
 MISSING = "-"
 
 
 def cell(value: float, status: str) -> str:
-    """Text of one table cell: the number when the row is ok, else its status."""
+    """Text of one single-run cell: the number when the row is ok, else its status."""
     return f"{value:.2f}" if status == "ok" and pd.notna(value) else str(status)
-
-
-def sparsity_label(value: object) -> str:
-    """Canonical sparsity text (``0.5``, ``2:4``, ``0`` for dense) whatever pandas parsed it as."""
-    text = str(value).strip()
-    try:
-        return f"{float(text):g}"
-    except ValueError:
-        return text
-
-
-def sparsity_ratio(label: str) -> float:
-    """Fraction of zeros of a sparsity label: ``0.7`` -> 0.7, ``3:4`` -> 0.75."""
-    if ":" in label:
-        n, m = label.split(":")
-        return int(n) / int(m)
-    return float(label)
-
-
-def sparsity_order(label: str) -> tuple:
-    """Sort key: unstructured by ratio first, then N:M patterns by ratio."""
-    return (1, sparsity_ratio(label), int(label.split(":")[1])) if ":" in label else (0, float(label), 0)
-
-
-def pruner_order(name: str) -> tuple:
-    """Sort key of a row label: dense first, then the methods in the papers' order, then the rest."""
-    head = name.split(" ")[0]
-    return (PRUNER_ORDER.index(head) if head in PRUNER_ORDER else len(PRUNER_ORDER), head, name)
-
-
-def normalize(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Metric rows with canonical text for sparsity/layers/status and ``all`` for unlimited windows."""
-    out = metrics.copy()
-    out["sparsity"] = out["sparsity"].map(sparsity_label)
-    for col in ("layers", "status", "dataset", "metric", "pruner", "model", "protocol"):
-        out[col] = out[col].astype(str)
-    out["eval_max_windows"] = out["eval_max_windows"].map(
-        lambda v: "all" if pd.isna(v) or str(v) in ("", "None") else str(int(float(v))))
-    out["message"] = out["message"].fillna("").astype(str) if "message" in out else ""
-    return out
-
-
-def row_labels(frame: pd.DataFrame, with_sparsity: bool = False) -> pd.Series:
-    """Row label of every metric row: the pruner (and sparsity), plus whatever else varies."""
-    pruned = frame[frame["pruner"] != "dense"]
-    varying = [c for c in VARYING if pruned[c].astype(str).nunique() > 1]
-
-    def label(r) -> str:
-        if r["pruner"] == "dense":
-            return "dense"
-        text = r["pruner"] + (f" {r['sparsity']}" if with_sparsity else "")
-        return text + "".join(f" {c}={r[c]}" for c in varying)
-    return frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=str)
 
 
 @dataclass
@@ -89,17 +40,15 @@ class Table:
 
 def _grid(entries: dict, rows: list[str], columns: list, lower_is_better: bool, scale: float,
           title: str) -> Table:
-    """Build a Table from ``{(row, column): (value, status)}``; best among non-dense ok cells."""
+    """Build a Table from ``{(row, column): Stat}``; best (by mean) among pruned cells whose every seed is ok."""
     index = pd.MultiIndex.from_tuples(columns) if columns and isinstance(columns[0], tuple) else pd.Index(columns)
     text = pd.DataFrame(MISSING, index=pd.Index(rows, name="pruner"), columns=index, dtype=object)
     best = pd.DataFrame(False, index=text.index, columns=index)
-    for (row, col), (value, status) in entries.items():
-        ok = status == "ok" and pd.notna(value) and math.isfinite(float(value))
-        text.loc[row, col] = f"{float(value) * scale:.2f}" if ok else str(status)
+    for (row, col), stat in entries.items():
+        text.loc[row, col] = stat.text(scale)
     for col in columns:
-        good = {r: float(entries[(r, col)][0]) for r in rows if r != "dense" and (r, col) in entries
-                and entries[(r, col)][1] == "ok" and pd.notna(entries[(r, col)][0])
-                and math.isfinite(float(entries[(r, col)][0]))}
+        good = {r: entries[(r, col)].mean for r in rows if not is_dense(r) and (r, col) in entries
+                and entries[(r, col)].rankable}
         if good:
             target = min(good.values()) if lower_is_better else max(good.values())
             for r, v in good.items():
@@ -108,46 +57,51 @@ def _grid(entries: dict, rows: list[str], columns: list, lower_is_better: bool, 
 
 
 def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
-    """One model/protocol: rows = pruner (dense on top), columns = (sparsity, dataset) perplexity."""
+    """One model/protocol: rows = pruner (dense on top), columns = (sparsity, dataset) perplexity,
+    each cell aggregated over seeds (``mean ± std (n=3)``; the plain value for a single seed)."""
     ppl = frame[frame["metric"] == "ppl"].copy()
     ppl["sparsity"], ppl["status"] = ppl["sparsity"].map(sparsity_label), ppl["status"].astype(str)
-    ppl["row"] = row_labels(ppl)
-    pruned = ppl[ppl["pruner"] != "dense"]
-    sparsities = sorted(pruned["sparsity"].unique(), key=sparsity_order) or ["0"]
     datasets = [d for d in ppl["dataset"].unique() if d != "all"]
+    agg = aggregate(expand_failed(ppl, [(ds, "ppl") for ds in datasets]))  # a failed run fills its row
+    agg["row"] = row_labels(agg)
+    pruned = agg[agg["pruner"] != "dense"]
+    sparsities = sorted(pruned["sparsity"].unique(), key=sparsity_order) or ["0"]
     entries = {}
-    for _, r in ppl.iterrows():
+    for _, r in agg.iterrows():
         for sp in sparsities if r["pruner"] == "dense" else [r["sparsity"]]:
-            for ds in datasets if r["dataset"] == "all" else [r["dataset"]]:  # a failed run fills its row
-                entries[(r["row"], (sp, ds))] = (r["value"], r["status"])
-    rows = sorted(ppl["row"].unique(), key=pruner_order)
+            entries[(r["row"], (sp, r["dataset"]))] = r["stat"]
+    rows = sorted(agg["row"].unique(), key=pruner_order)
     return _grid(entries, rows, [(sp, ds) for sp in sparsities for ds in datasets], True, 1.0, title)
 
 
 def ppl_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Cell texts of :func:`ppl_grid` (no best marker), rows dense first then alphabetical."""
     text = ppl_grid(frame).text
-    return text.loc[sorted(text.index, key=lambda name: (not name.startswith("dense"), name))]
+    return text.loc[sorted(text.index, key=lambda name: (not is_dense(name), name))]
+
+
+def _zeroshot_order(label: str) -> tuple:
+    """Sort key of a zero-shot row label ``<pruner> <sparsity> ...``: pruner order, then sparsity."""
+    head = label.split(" ")
+    sp = sparsity_order(head[1]) if len(head) > 1 and not is_dense(label) else (0, 0.0, 0)
+    return pruner_order(label)[:2], sp, label
 
 
 def zeroshot_grid(frame: pd.DataFrame, metric: str = "acc", title: str | None = None) -> Table | None:
-    """Rows = pruner and sparsity (dense on top), columns = tasks then their mean, in % (None: no tasks)."""
+    """Rows = pruner and sparsity (dense on top), columns = tasks then their mean, in %, aggregated
+    over seeds (None: no tasks)."""
     tasks = [d for d in frame.loc[frame["metric"].isin(["acc", "acc_norm"]), "dataset"].unique()
              if d not in ("zeroshot_mean", "all")]
     if not tasks or not (frame["metric"] == metric).any():
         return None
     zs = frame[frame["dataset"].isin(tasks + ["zeroshot_mean"]) | (frame["dataset"] == "all")]
-    zs = zs[(zs["metric"] == metric) | (zs["status"] != "ok")].copy()
-    zs["row"] = row_labels(zs, with_sparsity=True)
-    columns = tasks + ["mean"]
-    entries = {}
-    for _, r in zs.iterrows():
-        name = "mean" if r["dataset"] == "zeroshot_mean" else r["dataset"]
-        for col in columns if r["dataset"] == "all" else [name]:
-            entries[(r["row"], col)] = (r["value"], r["status"])
-    rows = sorted(zs["row"].unique(), key=lambda n: (pruner_order(n)[:2], sparsity_order(n.split(" ")[1])
-                                                     if " " in n else (0, 0.0, 0), n))
-    return _grid(entries, rows, columns, False, 100.0, title or f"Zero-shot {metric} (%)")
+    zs = zs[(zs["metric"] == metric) | ((zs["dataset"] == "all") & (zs["status"] != "ok"))]
+    agg = aggregate(expand_failed(zs, [(t, metric) for t in tasks + ["zeroshot_mean"]]))
+    agg["row"] = row_labels(agg, with_sparsity=True)
+    entries = {(r["row"], "mean" if r["dataset"] == "zeroshot_mean" else r["dataset"]): r["stat"]
+               for _, r in agg.iterrows()}
+    rows = sorted(agg["row"].unique(), key=_zeroshot_order)
+    return _grid(entries, rows, tasks + ["mean"], False, 100.0, title or f"Zero-shot {metric} (%)")
 
 
 def _flat_columns(table: Table) -> list[str]:
@@ -210,9 +164,9 @@ def to_latex(table: Table) -> str:
         names = list(cols)
     lines += [" & ".join(latex_escape(n) for n in lead + names) + " \\\\", "\\midrule"]
     for i, row in enumerate(text.index):
-        cells = [latex_escape(v) for v in text.iloc[i]]
+        cells = [latex_escape(v).replace("±", "$\\pm$") for v in text.iloc[i]]
         cells = [f"\\textbf{{{c}}}" if table.best.iat[i, j] else c for j, c in enumerate(cells)]
         lines.append(" & ".join(([latex_escape(row)] if lead else []) + cells) + " \\\\")
-        if row == "dense" and i < len(text.index) - 1:
+        if is_dense(str(row)) and i < len(text.index) - 1 and not is_dense(str(text.index[i + 1])):
             lines.append("\\midrule")
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])

@@ -106,7 +106,7 @@ def test_summary_markdown_unchanged(results):
     """summarize still prints one Markdown table per model/protocol with '<sparsity> <dataset>' columns."""
     out = summarize(results)
     assert "| wanda" in out and "2:4 wikitext2" in out and "0.5 ptb" in out
-    assert (results / "summary.csv").exists() and "- CUDA out of memory" in out
+    assert (results / "summary.csv").exists() and "- oom (1 run): CUDA out of memory" in out
 
 
 def test_ppl_table_cells_status_best_and_dense_on_top(built):

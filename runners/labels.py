@@ -1,0 +1,91 @@
+"""Canonical labels of the results store's metric rows: sparsity text and order, pruner order, row labels.
+
+Shared by the tables, the seed aggregation, the plots and the published comparison, so that a
+configuration gets the same label everywhere. Pruner labels are shown as stored (``sparsellm+keep_best``
+stays that, never folded into ``sparsellm``).
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
+# Identity columns besides model/protocol/pruner/sparsity: when one varies among the pruned rows it
+# splits them and appears in the row label (``wanda layers=first_half``). ``seed`` is not one of
+# them: the report aggregates over seeds instead (runners/aggregate.py).
+VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source"]
+DENSE_VARYING = ["dtype", "device", "data_source"]  # what can split the dense baseline
+# Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.
+RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded"}
+PRUNER_ORDER = ["dense", "magnitude", "wanda", "sparsegpt", "sparsellm", "sparsellm+keep_best",
+                "sparsellm_released"]
+
+
+def sparsity_label(value: object) -> str:
+    """Canonical sparsity text (``0.5``, ``2:4``, ``0`` for dense) whatever pandas parsed it as."""
+    text = str(value).strip()
+    try:
+        return f"{float(text):.12g}"  # as SparsityPattern.label: close sparsities never merge
+    except ValueError:
+        return text
+
+
+def sparsity_ratio(label: str) -> float:
+    """Fraction of zeros of a sparsity label: ``0.7`` -> 0.7, ``3:4`` -> 0.75."""
+    if ":" in label:
+        n, m = label.split(":")
+        return int(n) / int(m)
+    return float(label)
+
+
+def sparsity_order(label: str) -> tuple:
+    """Sort key: unstructured by ratio first, then N:M patterns by ratio."""
+    return (1, sparsity_ratio(label), int(label.split(":")[1])) if ":" in label else (0, float(label), 0)
+
+
+def pruner_order(name: str) -> tuple:
+    """Sort key of a row label: dense first, then the methods in the papers' order, then the rest."""
+    head = name.split(" ")[0]
+    return (PRUNER_ORDER.index(head) if head in PRUNER_ORDER else len(PRUNER_ORDER), head, name)
+
+
+def is_dense(label: str) -> bool:
+    """True for the dense baseline's row label (``dense``, or ``dense device=cuda`` when that varies)."""
+    return label.split(" ")[0] == "dense"
+
+
+def _text(value: object) -> str:
+    """Cell text of an identity value: ``4`` for 4.0 (a column with blanks is read as float), ``""`` for NaN."""
+    if isinstance(value, float):
+        return "" if pd.isna(value) else (str(int(value)) if value.is_integer() else str(value))
+    return str(value)
+
+
+def normalize(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows with canonical text for sparsity/layers/status/identity columns, ``all`` for
+    unlimited windows, and the columns older stores lack (``dtype``, ``device``, ``data_source``)."""
+    out = metrics.copy()
+    out["sparsity"] = out["sparsity"].map(sparsity_label)
+    for col, missing in RECENT.items():
+        out[col] = out[col].map(lambda v, m=missing: _text(v) or m) if col in out else missing
+    for col in ("layers", "status", "dataset", "metric", "pruner", "model", "protocol", "calib_dataset",
+                "calib_nsamples", "calib_seqlen", "seed"):
+        out[col] = out[col].map(_text) if col in out else ""
+    out["eval_max_windows"] = out["eval_max_windows"].map(
+        lambda v: "all" if pd.isna(v) or str(v) in ("", "None") else str(int(float(v))))
+    out["message"] = out["message"].fillna("").astype(str) if "message" in out else ""
+    return out
+
+
+def row_labels(frame: pd.DataFrame, with_sparsity: bool = False, exclude=()) -> pd.Series:
+    """Row label of every metric row: the pruner as stored (and sparsity), plus ``col=value`` for
+    each identity column that varies among the pruned rows (``exclude``: columns to leave out)."""
+    pruned, dense = frame[frame["pruner"] != "dense"], frame[frame["pruner"] == "dense"]
+    varying = [c for c in VARYING if c not in exclude and c in frame and pruned[c].astype(str).nunique() > 1]
+    dense_varying = [c for c in DENSE_VARYING if c in frame and dense[c].astype(str).nunique() > 1]
+
+    def label(r) -> str:
+        if r["pruner"] == "dense":
+            return "dense" + "".join(f" {c}={r[c]}" for c in dense_varying)
+        text = r["pruner"] + (f" {r['sparsity']}" if with_sparsity else "")
+        return text + "".join(f" {c}={r[c]}" for c in varying)
+    return frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=str)
