@@ -6,36 +6,51 @@ Examples::
     python run.py -m pruner=magnitude,wanda sparsity=0.5,0.7,2:4,3:4 protocol=quick
     python run.py model=hub model.name_or_path=facebook/opt-350m pruner=wanda sparsity=2:4
 
-Command-line values are checked before Hydra starts, so a typo stops the sweep at once with
-one line naming the bad value and what is accepted.
+Every run of the command line is validated before Hydra starts (``runners/validate.py``): a bad
+value stops everything at once with one line naming the key, the value and what is accepted,
+exit code 2. Otherwise the exit code is 0 when every run ended ok or was skipped as done, and 1
+when any run ended as error, oom, nan or unavailable (after all the others ran).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from runners.cli import check_overrides
-
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> str:
-    """Run one configured job (Hydra calls this once per sweep point)."""
+    """Run one configured job (Hydra calls this once per sweep point) and leave its status
+    in the job's folder, where the end-of-sweep callback reads every job's status."""
+    from hydra.core.hydra_config import HydraConfig
+
     from runners.job import SettingsError, run_job
+    from runners.store import atomic_write_text
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        return run_job(cfg)
-    except SettingsError as err:  # one line, no traceback; the sweep stops (exit code 2)
+        status = run_job(cfg)
+    except SettingsError as err:  # validated up front; kept for runs started by other means
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / "status.json", json.dumps({"status": status}))
+    return status
 
 
 if __name__ == "__main__":
-    problem = check_overrides(sys.argv[1:])
+    from runners import callbacks
+    from runners.validate import check_command_line
+
+    problem = check_command_line(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    # One Hydra log folder per invocation, even for two sweeps started in the same second.
+    os.environ.setdefault("LLM_PRUNE_INVOCATION", f"{os.getpid()}")
     main()
+    sys.exit(callbacks.EXIT_CODE)

@@ -83,11 +83,13 @@ def sample_documents(documents: list[str], tokenizer, nsamples: int, seqlen: int
                      seed: int) -> tuple[torch.Tensor, list[int]]:
     """SparseGPT's C4 sampler: ``nsamples`` windows (n x seqlen) and the document each came from."""
     rng = random.Random(seed)
-    windows, sources = [], []
+    windows, sources, memo = [], [], {}
     for _ in range(nsamples):
         for _attempt in range(100_000):
             index = rng.randint(0, len(documents) - 1)
-            ids = tokenizer(documents[index]).input_ids
+            if index not in memo:  # a redrawn document is not tokenized again (same draws, same windows)
+                memo[index] = tokenizer(documents[index]).input_ids
+            ids = memo[index]
             if len(ids) > seqlen:
                 break
         else:

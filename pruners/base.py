@@ -107,6 +107,12 @@ class BlockPruner(Protocol):
         """Prune ``block.linears`` in place to ``block.pattern``."""
 
 
+def check_setting(ok: bool, key: str, value, accepted: str) -> None:
+    """Builders' one-line rejection of a bad setting: ``pruner.<key>=<value> ... accepted ...``."""
+    if not ok:
+        raise ValueError(f"pruner.{key}={value!r} is not valid: accepted {accepted}")
+
+
 LinearPruneFn = Callable[[torch.Tensor, object, SparsityPattern], torch.Tensor]
 
 

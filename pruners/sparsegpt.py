@@ -27,7 +27,7 @@ import functools
 import torch
 
 from . import fallbacks
-from .base import PerLinearPruner
+from .base import PerLinearPruner, check_setting
 from .pattern import SparsityPattern, lowest_k_mask, nm_mask
 
 
@@ -280,9 +280,7 @@ def build(
     sequential: bool = False,
 ) -> PerLinearPruner:
     """Builder used by Hydra's ``_target_``."""
-    if blocksize < 1:
-        raise ValueError(f"blocksize must be positive, got {blocksize}")
-    if percdamp < 0:
-        raise ValueError(f"percdamp must be >= 0, got {percdamp}")
+    check_setting(blocksize >= 1, "blocksize", blocksize, "a whole number >= 1 (published: 128)")
+    check_setting(percdamp >= 0, "percdamp", percdamp, "a number >= 0 (published: 0.01)")
     prune_fn = functools.partial(sparsegpt_prune, blocksize=blocksize, percdamp=percdamp)
     return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import BlockContext
+from .base import BlockContext, check_setting
 from .sparsegpt import Hessian, sparsegpt_prune
 from .sparsellm_math import optimize_mlp_gated, optimize_mlp_relu
 
@@ -189,17 +189,15 @@ def build(
         if missing:
             raise ValueError(f"family_defaults[{kind!r}] lacks {sorted(missing)}")
     for label, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{label} must be > 0 (or null for the family default), got {value}")
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if refit not in ("lstsq", "none"):
-        raise ValueError(f"refit={refit!r} is not valid: use 'lstsq' or 'none'")
-    if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage_dtype={storage_dtype!r} is not valid: use {sorted(STORAGE_DTYPES)}")
-    bad_chunk = chunk_tokens is not None and chunk_tokens < 1
-    if blocksize < 1 or percdamp < 0 or ridge <= 0 or s_steps < 0 or bad_chunk:
-        raise ValueError("need blocksize, chunk_tokens >= 1, percdamp >= 0, ridge > 0, s_steps >= 0")
+        check_setting(value is None or value > 0, label, value, "a number > 0, or null for the family default")
+    check_setting(iterations >= 1, "iterations", iterations, "a whole number >= 1 (published: 4)")
+    check_setting(refit in ("lstsq", "none"), "refit", refit, "lstsq or none")
+    check_setting(storage_dtype in STORAGE_DTYPES, "storage_dtype", storage_dtype, " or ".join(STORAGE_DTYPES))
+    check_setting(blocksize >= 1, "blocksize", blocksize, "a whole number >= 1")
+    check_setting(chunk_tokens is None or chunk_tokens >= 1, "chunk_tokens", chunk_tokens, "null or a whole number >= 1")
+    check_setting(percdamp >= 0, "percdamp", percdamp, "a number >= 0")
+    check_setting(ridge > 0, "ridge", ridge, "a number > 0")
+    check_setting(s_steps >= 0, "s_steps", s_steps, "a whole number >= 0")
     return SparseLLMPruner(
         name=name, alpha=alpha, beta=beta, gamma=gamma, iterations=iterations, refit=refit,
         blocksize=blocksize, percdamp=percdamp, refresh_mlp_inputs=refresh_mlp_inputs,

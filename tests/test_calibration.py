@@ -1,6 +1,8 @@
 """Calibration pools: calib.dataset takes effect, the pool is described, caches follow the content."""
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -101,3 +103,24 @@ def test_offline_c4_pool_at_2048_smollm2(smollm2, local_data, tmp_path):
     assert got.pool["eligible_documents"] == 32 and got.pool["documents"] == 1000
     assert got.pool["distinct_documents_drawn"] <= 32 and "only" in got.pool["warning"]
     assert got.tokens.shape == (128, 2048)
+
+
+def test_paper_protocol_report_states_pool_and_warning(local_data, tmp_path):
+    """A paper-protocol run (128 x 2048 C4 windows, offline) records its pool; report.md states it and warns."""
+    from tests.conftest import ROOT
+
+    results = tmp_path / "r"
+    run = subprocess.run([sys.executable, "run.py", "model=tiny-llama", "pruner=wanda", "sparsity=0.5",
+                          "protocol=paper", "eval.datasets=[wikitext2]", "eval.max_windows=2", "eval.zeroshot.tasks=[]",
+                          f"results.dir={results}", f"data.local_dir={local_data}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (folder,) = [p for p in (results / "runs").iterdir() if "__wanda__" in p.name]
+    pool = json.loads((folder / "manifest.json").read_text())["calibration"]
+    assert (pool["nsamples"], pool["seqlen"], pool["documents"], pool["eligible_documents"]) == (128, 2048, 1000, 32)
+    report = subprocess.run([sys.executable, "-m", "runners.report", f"results.dir={results}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (results / "report" / "report.md").read_text()
+    assert "c4-train.00000-of-01024.head1000.jsonl" in text and "1000 documents" in text
+    assert pool["warning"] in text

@@ -63,3 +63,8 @@ def test_run_records_fallbacks_in_blocks_csv_and_manifest(tmp_path):
     manifest = read_manifest(folder)
     assert len(rows) and manifest["fallbacks"]["total"] == rows["value"].sum() > 0
     assert manifest["fallbacks"]["by_kind"] == {"cholesky_damping_raised": int(rows["value"].sum())}
+    report = subprocess.run([sys.executable, "-m", "runners.report", f"results.dir={results}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (results / "report" / "report.md").read_text()
+    assert "Numerical fallbacks" in text and "cholesky_damping_raised" in text

@@ -39,3 +39,11 @@ def test_wanda_beats_magnitude_at_half_quick(tmp_path, local_data, cache_dir):
     for pruner in ("dense", "magnitude", "wanda"):
         ppl[pruner] = float(metrics[(metrics.pruner == pruner) & (metrics.dataset == "wikitext2")]["value"].iloc[0])
     assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"], ppl
+
+
+def test_dense_smollm2_full_ptb_paper_protocol(smollm2, local_data, cache_dir):
+    """Dense SmolLM2 on the whole PTB test set (97,930 tokens, 47 windows of 2048): 46.70 +- 0.05."""
+    model, tokenizer = smollm2
+    ids = eval_tokens("ptb", tokenizer, str(local_data), 2048, cache_dir)
+    assert ids.numel() // 2048 == 47
+    assert perplexity(model, ids, 2048, "cpu") == pytest.approx(46.70, abs=0.05)
