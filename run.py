@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -43,14 +44,34 @@ def main(cfg: DictConfig) -> str:
 
 
 if __name__ == "__main__":
-    from runners import callbacks
-    from runners.validate import check_command_line
+    import time
 
-    problem = check_command_line(sys.argv[1:])
+    from runners import callbacks
+    from runners.validate import check_command_line, results_dir, sweep_points
+
+    args = sys.argv[1:]
+    problem = check_command_line(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     # One Hydra log folder per invocation, even for two sweeps started in the same second.
     os.environ.setdefault("LLM_PRUNE_INVOCATION", f"{os.getpid()}")
+    # For the `run k/n ... ETA` lines (runners/callbacks.py), also in launcher worker processes.
+    os.environ["LLM_PRUNE_SWEEP_SIZE"] = str(len(sweep_points(args)))
+    os.environ["LLM_PRUNE_START"] = str(time.time())
+    results = results_dir(args)  # now: Hydra cannot be composed again while it runs
+
+    def interrupted(_signum, _frame):
+        """Ctrl-C: show what is in the store so far, then stop at once. Every store write is a
+        rename, so stopping here loses nothing written; the run in flight is redone next time."""
+        from runners.report import summarize
+
+        print("\ninterrupted: the runs finished so far\n", flush=True)
+        print(summarize(results), flush=True)
+        os._exit(130)
+
+    # A handler rather than KeyboardInterrupt: the exception can land in a finalizer, where
+    # Python prints and ignores it, and the sweep would go on.
+    signal.signal(signal.SIGINT, interrupted)
     main()
     sys.exit(callbacks.EXIT_CODE)

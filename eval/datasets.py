@@ -100,7 +100,13 @@ def _require(path: Path, dataset: str) -> None:
 
 
 def _hub(dataset: str, *args, column: str, **kwargs) -> list[str]:
-    """Rows of one column from the hub; any failure (offline, renamed) becomes DatasetUnavailable."""
+    """Rows of one column from the hub; any failure (offline, renamed) becomes DatasetUnavailable.
+    An unreachable hub fails in seconds with the setting that fixes it (eval/hub.py)."""
+    from .hub import HINT, hub_problem
+
+    problem = hub_problem()
+    if problem:
+        raise DatasetUnavailable(f"{dataset}: the Hugging Face hub cannot be reached ({problem}); {HINT}")
     try:
         from datasets import load_dataset
 

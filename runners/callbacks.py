@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -10,6 +13,14 @@ from omegaconf import DictConfig
 # Statuses that make the invocation fail (exit 1); ok and skipped-as-done runs exit 0.
 FAILED = ("error", "oom", "nan", "unavailable")
 EXIT_CODE = 0  # read by run.py after Hydra returns
+log = logging.getLogger("sweep")
+_durations: list[float] = []  # seconds of the runs finished in this process (for the ETA)
+_started: dict[int, float] = {}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def job_statuses(folders: list[Path]) -> list[str]:
@@ -43,9 +54,41 @@ class PrintReport(Callback):
             print(f"{len(failed)} of {len(statuses)} runs failed ({', '.join(sorted(set(failed)))}): exit code 1",
                   flush=True)
 
+    def _position(self, config: DictConfig) -> tuple[int, int]:
+        total = int(os.environ.get("LLM_PRUNE_SWEEP_SIZE", "1") or 1)
+        num = _select(config, "hydra.job.num")
+        return (int(num) + 1 if num is not None else 1), total
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        k, n = self._position(config)
+        _started[k] = time.perf_counter()
+        settings = " ".join(_select(config, "hydra.overrides.task") or []) or "defaults"
+        log.info("run %d/%d start: %s", k, n, settings)
+
+    def on_job_end(self, config: DictConfig, job_return=None, **kwargs) -> None:
+        k, n = self._position(config)
+        took = time.perf_counter() - _started.pop(k, time.perf_counter())
+        _durations.append(took)
+        status = getattr(job_return, "_return_value", None)
+        status = status if isinstance(status, str) else "error"
+        elapsed = time.time() - float(os.environ.get("LLM_PRUNE_START", time.time()))
+        eta = (n - k) * sum(_durations) / len(_durations)
+        log.info("run %d/%d end: %s in %s; sweep elapsed %s, ETA %s for %d more", k, n, status, _clock(took),
+                 _clock(elapsed), _clock(eta), n - k)
+
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         self._report(config, [Path(config.hydra.runtime.output_dir)])
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         self._report(config, sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()))
+
+
+def _select(config: DictConfig, key: str):
+    """``OmegaConf.select`` that never raises (the hydra node may be absent or read-only)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.select(config, key, default=None)
+    except Exception:  # noqa: BLE001 - progress lines must never fail a run
+        return None

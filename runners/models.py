@@ -135,6 +135,13 @@ def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str |
     The engine moves one block at a time to ``device``; evaluation moves what it needs.
     """
     dtype = resolve_dtype(spec.dtype, device)
+    if spec.source == "hub" and not Path(str(spec.name_or_path)).is_dir():
+        from eval.hub import hub_problem
+
+        problem = hub_problem()
+        if problem:
+            raise OSError(f"model {spec.name_or_path!r}: the Hugging Face hub cannot be reached ({problem}); "
+                          "use a local model folder as model.name_or_path")
     if spec.source == "tiny":
         model = _tiny_model(spec, seed).to(dtype)
     else:

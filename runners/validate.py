@@ -345,6 +345,15 @@ def validate(argv: list[str]) -> str | None:
     return None
 
 
+def results_dir(argv: list[str]) -> str:
+    """The ``results.dir`` of the command line's first run."""
+    from hydra import compose, initialize_config_dir
+
+    job = [o for o in first_point([a for a in argv if not a.startswith("-")]) if not o.startswith("hydra")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return str(compose(config_name="config", overrides=job).results.dir)
+
+
 def check_command_line(argv: list[str]) -> str | None:
     """What run.py checks before Hydra starts: group names and sweep syntax first (cheap), then
     every composed run. Returns the one-line problem, or None."""

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline da
 
 
 def _cfg(*overrides, local=True):
-    extra = [f"data.local_dir={data_dir()}"] if local else []
+    extra = [f"data.local_dir={data_dir()}"] if local else ["data.local_dir=null"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=[*extra, *overrides])
 
