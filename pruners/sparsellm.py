@@ -50,6 +50,27 @@ def _copy(families: Mapping) -> dict:
     return {str(kind): dict(values) for kind, values in families.items()}
 
 
+def attention_names(block: BlockContext, mlp_names: list[str]) -> list[str]:
+    """The block's attention Linears (pruned by plain SparseGPT in both SparseLLM pruners)."""
+    return [n for g in block.groups if g.role in ("attn_in", "attn_out") for n in g.names if n not in mlp_names]
+
+
+def prune_attention(block: BlockContext, hessians: Mapping, blocksize: int, percdamp: float) -> None:
+    """SparseGPT on each attention Linear from its dense-block Hessian (dampening on a copy)."""
+    for lin_name, hessian in hessians.items():
+        linear, start = block.linears[lin_name], time.perf_counter()
+        pruned = sparsegpt_prune(linear.weight.data, hessian, block.pattern, blocksize, percdamp)
+        linear.weight.data.copy_(pruned.to(linear.weight.dtype))
+        block.record_linear(lin_name, time.perf_counter() - start)
+
+
+def record_history(block: BlockContext, history: Mapping) -> None:
+    """Per-iteration ``objective`` and ``mlp_rel_error`` into the block's diagnostics."""
+    for k, (obj, rel) in enumerate(zip(history["objective"], history["mlp_rel_error"]), 1):
+        block.record("objective", obj, step=k)
+        block.record("mlp_rel_error", rel, step=k)
+
+
 @dataclass
 class SparseLLMPruner:
     """Block pruner: SparseGPT on attention, SparseLLM's joint optimization on the MLP."""
@@ -100,8 +121,7 @@ class SparseLLMPruner:
         # Hessians of the attention Linears' inputs (one per input group). With bfloat16
         # storage z, s, p are instead recomputed from X chunk by chunk straight into bfloat16,
         # so no float32 copy of them is ever held (the point of that setting).
-        attn = [n for g in block.groups if g.role in ("attn_in", "attn_out")
-                for n in g.names if n not in mlp_names]
+        attn = attention_names(block, mlp_names)
         storage = STORAGE_DTYPES[self.storage_dtype]
         keep_aux = storage == torch.float32
         captured = block.capture(inputs=[spec.up, spec.down] if keep_aux else [spec.up],
@@ -116,13 +136,7 @@ class SparseLLMPruner:
         hessians = captured.stats
         del captured
 
-        for lin_name, hessian in hessians.items():
-            linear = block.linears[lin_name]
-            start = time.perf_counter()
-            pruned = sparsegpt_prune(linear.weight.data, hessian, pattern, self.blocksize,
-                                     self.percdamp)
-            linear.weight.data.copy_(pruned.to(linear.weight.dtype))
-            block.record_linear(lin_name, time.perf_counter() - start)
+        prune_attention(block, hessians, self.blocksize, self.percdamp)
         del hessians
         if self.refresh_mlp_inputs:
             X, init = block.capture(inputs=[spec.up]).inputs[spec.up], None  # z, s, p from the new X
@@ -153,9 +167,7 @@ class SparseLLMPruner:
         seconds = time.perf_counter() - start
         for lin_name in new:
             block.record_linear(lin_name, seconds / len(new))
-        for k, (obj, rel) in enumerate(zip(history["objective"], history["mlp_rel_error"]), 1):
-            block.record("objective", obj, step=k)
-            block.record("mlp_rel_error", rel, step=k)
+        record_history(block, history)
         block.record("best_iteration", float(history["best_iteration"]))
 
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .base import BlockContext, check_setting
 from .pattern import SparsityPattern
 from .sparsegpt import Hessian, sparsegpt_prune
-from .sparsellm import FAMILY_DEFAULTS
+from .sparsellm import FAMILY_DEFAULTS, attention_names, prune_attention, record_history
 from .sparsellm_math import make_p_step, relu_z_step
 
 CHUNK = 4096  # tokens per chunk of the elementwise steps: bounds temporaries, not results
@@ -263,16 +263,11 @@ class SparseLLMReleasedPruner:
         hyper = self.hyperparameters(spec.kind)
         roles = {"up": spec.up, "down": spec.down, **({"gate": spec.gate} if spec.gate else {})}
         mlp_names = list(roles.values())
-        attn = [n for g in block.groups if g.role in ("attn_in", "attn_out") for n in g.names
-                if n not in mlp_names]
+        attn = attention_names(block, mlp_names)
         # One pass over the dense block, as released: X, Y, the dense z/s/p, attention Hessians.
         got = block.capture(inputs=[spec.up, spec.down], outputs=mlp_names, make_stat=Hessian,
                             stat_names=attn)
-        for lin_name, hessian in got.stats.items():  # plain SparseGPT, damping on a copy
-            linear, start = block.linears[lin_name], time.perf_counter()
-            pruned = sparsegpt_prune(linear.weight.data, hessian, pattern, self.blocksize, self.percdamp)
-            linear.weight.data.copy_(pruned.to(linear.weight.dtype))
-            block.record_linear(lin_name, time.perf_counter() - start)
+        prune_attention(block, got.stats, self.blocksize, self.percdamp)  # plain SparseGPT, damping on a copy
         init = {"z": got.outputs[spec.up], "p": got.inputs[spec.down]}
         if spec.gate:
             init["s"] = got.outputs[spec.gate]
@@ -293,9 +288,7 @@ class SparseLLMReleasedPruner:
         for role, weight in new.items():
             lin[role].weight.data.copy_(weight.to(lin[role].weight.dtype))
             block.record_linear(roles[role], seconds / len(new))
-        for k, (obj, rel) in enumerate(zip(history["objective"], history["mlp_rel_error"]), 1):
-            block.record("objective", obj, step=k)
-            block.record("mlp_rel_error", rel, step=k)
+        record_history(block, history)
 
 
 def build(

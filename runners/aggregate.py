@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from .formatting import number
 from .labels import GROUP, VARYING, pruner_order, row_labels, sparsity_order
 
 # What identifies a configuration: all of it but the seed (which the aggregation averages over).
@@ -43,13 +44,17 @@ class Stat:
         """True when every seed gave a valid number (only such cells can be marked best)."""
         return self.n > 0 and not self.failed
 
-    def text(self, scale: float = 1.0, digits: int = 2) -> str:
-        """``35.00`` (n=1), ``35.00 ± 1.00 (n=3)``, ``35.00 ± 1.00 (n=2; 1 nan)``, or the status."""
+    def text(self, scale: float = 1.0, mark: str = "") -> str:
+        """``35.00`` (n=1), ``35.00 ± 1.000 (n=3)``, ``35.00 ± 1.000 (n=2; 1 nan)``, or the status.
+
+        Mean and std both in runners/formatting.py's format (4 significant digits, scientific
+        at or above 1e5); ``mark`` (e.g. the collapsed marker) follows the mean.
+        """
         if self.n == 0:
             return "/".join(self.failed) or "-"
-        out = f"{self.mean * scale:.{digits}f}"
+        out = number(self.mean * scale) + mark
         if self.n > 1:
-            out += f" ± {self.std * scale:.{digits}f}"
+            out += f" ± {number(self.std * scale)}"
         lost = ", ".join(f"{k} {s}" for s, k in self.failed.items())
         if self.n > 1 or lost:
             out += f" (n={self.n}" + (f"; {lost})" if lost else ")")
@@ -169,12 +174,12 @@ def paired_differences(frame: pd.DataFrame) -> pd.DataFrame:
 def paired_text(pairs: pd.DataFrame) -> pd.DataFrame:
     """The paired differences as cell texts: ``n/a`` for the spread and interval when n < 2."""
     def fmt(v: float) -> str:
-        return "n/a" if pd.isna(v) else f"{v:.3f}"
+        return "n/a" if pd.isna(v) else number(v)
 
     text = pairs[["sparsity", "layers", "dataset", "metric", "A", "B", "n"]].astype(str)
     text["mean (A - B)"] = pairs["mean_diff"].map(fmt)
     text["std"] = pairs["std_diff"].map(fmt)
-    text["95% CI"] = [("n/a" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]") for lo, hi in
+    text["95% CI"] = [("n/a" if pd.isna(lo) else f"[{number(lo)}, {number(hi)}]") for lo, hi in
                       zip(pairs["ci_low"], pairs["ci_high"])]
     text["excludes 0"] = [("n/a" if pd.isna(lo) else ("yes" if lo > 0 or hi < 0 else "no")) for lo, hi in
                           zip(pairs["ci_low"], pairs["ci_high"])]

@@ -7,7 +7,8 @@ matches whatever ``layers`` says, since it prunes nothing), and, where the publi
 the aliases in ``ALIASES`` (``sparsellm_released``, the authors' released code, is compared with
 the published SparseLLM numbers; ``sparsellm+keep_best`` is our variant and is not). A run of
 ours that failed (one ``dataset=all`` row) is paired with every published dataset of its key and
-shows its status instead of a number and a ratio.
+shows its status instead of a number and a ratio. When nothing pairs, :func:`nearest_published`
+lists the published points closest to what was run, so the user sees which run would match.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import aggregate
+from .formatting import number
+from .labels import pruner_order, sparsity_order, sparsity_ratio
 from .tables import Table, sparsity_label
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
@@ -23,6 +26,7 @@ KEY = ["model", "pruner", "sparsity", "layers", "dataset", "metric"]
 # Our pruner labels that a published pruner's numbers apply to (the label is shown as is).
 ALIASES = {"sparsellm": ("sparsellm", "sparsellm_released")}
 COLUMNS = KEY + ["our protocol", "ours", "published", "ratio", "published protocol", "source"]
+NEAREST_COLUMNS = ["ours", "nearest because", *KEY, "eval_seqlen", "published", "source"]
 
 
 def load_published(path: str | Path = REFERENCE) -> pd.DataFrame:
@@ -70,14 +74,51 @@ def compare(metrics: pd.DataFrame, published: pd.DataFrame, no_calibration=froze
             stat = row["stat"]
             rows.append({**{k: ref[k] for k in KEY}, "pruner": row["pruner"],
                          "our protocol": _protocol(row, frozenset(no_calibration)), "ours": stat.text(),
-                         "published": f"{ref['value']:.2f}",
-                         "ratio": f"{stat.mean / ref['value']:.3f}" if stat.n else row["status"],
+                         "published": number(ref["value"]),
+                         "ratio": number(stat.mean / ref["value"]) if stat.n else row["status"],
                          "published protocol": ref["protocol"], "source": source})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def comparison_table(pairs: pd.DataFrame) -> Table:
-    """The pairs as a flat :class:`Table` (no best marker)."""
+def _matches(ours: str, published: str) -> bool:
+    """True when our pruner label is compared with that published pruner (``ALIASES``)."""
+    return ours in ALIASES.get(published, (published,))
+
+
+def nearest_published(metrics: pd.DataFrame, published: pd.DataFrame, limit: int = 4) -> pd.DataFrame:
+    """Per configuration of ours (model, pruner, sparsity, layers), at most ``limit`` published points
+    that :func:`compare` did not pair but that nearly match, nearest first: the same model, pruner
+    and sparsity with other ``layers`` or evaluation seqlen; the same pruner and sparsity on another
+    model; the same model and pruner at another sparsity (closest ratio first)."""
+    if metrics.empty or published.empty:
+        return pd.DataFrame(columns=NEAREST_COLUMNS)
+    configs = metrics[["model", "pruner", "sparsity", "layers"]].drop_duplicates()
+    configs = configs.loc[sorted(configs.index, key=lambda i: (configs.at[i, "model"],
+                                                                pruner_order(configs.at[i, "pruner"]),
+                                                                sparsity_order(configs.at[i, "sparsity"])))]
+    rows = []
+    for model, pruner, sparsity, layers in configs.itertuples(index=False):
+        same = published[[_matches(pruner, p) for p in published["pruner"]]]
+        here, sp = same[same["model"] == model], same["sparsity"] == sparsity
+        other_sp = here[here["sparsity"] != sparsity]
+        distance = pd.Series([abs(sparsity_ratio(s) - sparsity_ratio(sparsity)) for s in other_sp["sparsity"]],
+                             index=other_sp.index, dtype=float)
+        ranked = [(here[here["sparsity"] == sparsity],
+                   "same model, pruner and sparsity; other layers, seqlen or dataset"),
+                  (same[sp & (same["model"] != model)], "same pruner and sparsity, another model"),
+                  (other_sp.loc[distance.sort_values(kind="stable").index],
+                   "same model and pruner, another sparsity")]
+        ours = f"{model} {pruner} {sparsity}" + ("" if pruner == "dense" else f" layers={layers}")
+        found = [(why, ref) for frame, why in ranked for _, ref in frame.iterrows()][:limit]
+        rows += [{"ours": ours, "nearest because": why, **{k: ref[k] for k in KEY},
+                  "eval_seqlen": ref["eval_seqlen"], "published": number(ref["value"]),
+                  "source": ", ".join(str(ref[c]) for c in ("source", "table") if str(ref[c]).strip())}
+                 for why, ref in found]
+    return pd.DataFrame(rows, columns=NEAREST_COLUMNS)
+
+
+def comparison_table(pairs: pd.DataFrame, title: str = "Ours vs published (ratio = ours / published)") -> Table:
+    """The pairs (or :func:`nearest_published` rows) as a flat :class:`Table` (no best marker)."""
     text = pairs.astype(str).reset_index(drop=True)
-    return Table("Ours vs published (ratio = ours / published)", text,
+    return Table(title, text,
                  pd.DataFrame(False, index=text.index, columns=text.columns), index_name=None)

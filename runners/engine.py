@@ -241,9 +241,16 @@ class BlockRun:
         self.linear_seconds[name] = self.linear_seconds.get(name, 0.0) + seconds
 
 
-def _relative_error(pruned: list[torch.Tensor], dense: list[torch.Tensor]) -> float:
+def _relative_error(pruned: list[torch.Tensor], dense: list[torch.Tensor],
+                    inputs: list[torch.Tensor] | None = None) -> float:
+    """||pruned - dense|| / ||dense|| over all batches; with ``inputs`` (the block's inputs X),
+    ||pruned - dense|| / ||dense - X||: the error relative to the block's own update f(X) - X,
+    which the residual stream's scale (that dominates ||f(X)||) does not hide."""
     num = sum(float((p.float() - d.float()).pow(2).sum()) for p, d in zip(pruned, dense))
-    den = sum(float(d.float().pow(2).sum()) for d in dense)
+    if inputs is None:
+        den = sum(float(d.float().pow(2).sum()) for d in dense)
+    else:
+        den = sum(float((d.float() - x.float()).pow(2).sum()) for d, x in zip(dense, inputs))
     return (num / den) ** 0.5 if den > 0 else float("nan")
 
 
@@ -290,6 +297,9 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
             if diagnostics and run.dense_outputs is not None:
                 err = _relative_error(outputs, run.dense_outputs)
                 report.blocks.append({"block": i, "metric": "rel_output_error", "step": None, "value": err})
+                # ``batches`` still holds this block's inputs (they are replaced by its outputs below)
+                update = _relative_error(outputs, run.dense_outputs, [b.hidden for b in batches])
+                report.blocks.append({"block": i, "metric": "rel_update_error", "step": None, "value": update})
                 log.info("block %d pruned in %.1fs, relative output error %.4g", i, seconds, err)
             report.blocks.extend({"block": i, "metric": m, "step": s, "value": v} for m, s, v in run.diagnostics)
             for name, linear in run.linears.items():

@@ -1,4 +1,5 @@
-"""One run of a sweep: validate, skip if done, load, calibrate, prune, evaluate, write.
+"""One run of a sweep: validate, skip if done (or claimed by a concurrent job), claim, load,
+calibrate, prune, evaluate, write.
 
 ``run_job(cfg)`` is what ``run.py`` calls for every Hydra job. Bad settings raise
 ``ValueError`` before any model is loaded. Failures after that (NaN perplexity, out of
@@ -21,7 +22,7 @@ from eval.calibration import calibration_tokens
 from eval.datasets import DatasetUnavailable, eval_tokens
 from eval.perplexity import perplexity
 
-from . import provenance, store
+from . import claims, provenance, store
 from .adapters import adapter_for
 from .engine import prune_model, resolve_layers
 from .identity import Run, data_source_label, prepare, run_id
@@ -95,19 +96,55 @@ def _failure(err: BaseException) -> str:
     return "oom" if oom or "out of memory" in str(err).lower() else "error"
 
 
-def _write_dense(run: Run, model, tokenizer) -> None:
-    """Evaluate and store the dense baseline unless it is already in the store."""
+def _retry_failed(cfg: DictConfig) -> bool:
+    return bool(cfg.get("retry_failed", False))
+
+
+def _claim(folder: Path, cfg: DictConfig, quiet: bool = False) -> claims.Claim | None:
+    """Claim a run that is not done; None (after one log line) when it is done or another job holds it.
+    A damaged run is logged in one line and its old files are removed: it is computed again.
+    ``quiet``: no line for a run that is simply done (the dense baseline, checked by every job)."""
+    state, reason = store.check_run(folder)
+    if state == store.DAMAGED:
+        store.warn_damaged(folder, reason, "computing it again")
+    elif store.is_done(folder, _retry_failed(cfg)):
+        (log.debug if quiet else log.info)("skip %s: already in %s", folder.name, folder.parent)
+        claims.remove_if_stale(folder)
+        return None
+    claim = claims.acquire(folder)
+    if claim is None:
+        log.info("skip %s: claimed by another job (%s)", folder.name,
+                 claims.describe(claims.read_claim(folder) or {}))
+        return None
+    if store.is_done(folder, _retry_failed(cfg)):  # finished by another job between our check and the claim
+        claim.release()
+        log.info("skip %s: finished by another job", folder.name)
+        return None
+    store.clear_run(folder)
+    return claim
+
+
+def _write_dense(run: Run, model, tokenizer, claimed: bool = False) -> str | None:
+    """Evaluate and store the dense baseline unless it is in the store or another job computes it
+    (``claimed``: this job already holds its claim); return its status (None: not here yet)."""
     key = run.key(None)
     folder = store.run_dir(run.cfg.results.dir, run_id(key))
-    if store.is_complete(folder):
-        return
-    log.info("dense baseline %s", folder.name)
-    start = time.perf_counter()
-    with provenance.PeakMemory(run.device) as mem:
-        rows = _rows(run, key, folder.name, evaluate(model, tokenizer, run))
-    store.write_csv(folder / "metrics.csv", rows, METRIC_COLUMNS)
-    store.write_json(folder / "manifest.json", _manifest(run, key, _status(rows),
-                                                         {"eval": time.perf_counter() - start}, mem.summary(), {}))
+    claim = None if claimed else _claim(folder, run.cfg, quiet=True)
+    if claim is None and not claimed:
+        manifest = store.read_manifest(folder)
+        return manifest["status"] if manifest else None
+    try:
+        log.info("dense baseline %s", folder.name)
+        start = time.perf_counter()
+        with provenance.PeakMemory(run.device) as mem:
+            rows = _rows(run, key, folder.name, evaluate(model, tokenizer, run))
+        status = _status(rows)
+        store.finish_run(folder, rows, METRIC_COLUMNS, _manifest(run, key, status, {"eval": time.perf_counter() - start},
+                                                                 mem.summary(), {}))
+        return status
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 class SettingsError(ValueError):
@@ -126,13 +163,25 @@ def resolve(cfg: DictConfig):
 
 
 def run_job(cfg: DictConfig) -> str:
-    """Run (or skip) one configured run; return its status."""
+    """Run (or skip) one configured run; return its status, ``skipped:<stored status>`` when the
+    store has it (``retry_failed=true`` recomputes error/oom/nan runs), ``skipped:claimed`` when
+    another live job holds its claim. A damaged run is computed again."""
     run, pruner, key = resolve(cfg)
     rid = run_id(key)
     folder = store.run_dir(cfg.results.dir, rid)
-    if store.is_complete(folder):
-        log.info("skip %s: already in %s", rid, folder)
-        return store.read_manifest(folder)["status"]
+    store.remove_temp_files(cfg.results.dir)  # leftovers of killed writers (a live writer's are kept)
+    claim = _claim(folder, cfg)
+    if claim is None:
+        manifest = store.read_manifest(folder)
+        return f"skipped:{manifest['status'] if manifest else 'claimed'}"
+    try:
+        return _compute(cfg, run, pruner, key, rid, folder)
+    finally:
+        claim.release()
+
+
+def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Path) -> str:
+    """Load, calibrate, prune, evaluate and write one claimed run; failures become its status."""
     times, memory, extra, rows = {}, {}, {}, []
     torch.manual_seed(int(cfg.seed))
     try:
@@ -148,8 +197,7 @@ def run_job(cfg: DictConfig) -> str:
         times["load"] = time.perf_counter() - start
         adapter = adapter_for(model)
         if run.is_dense:
-            _write_dense(run, model, tokenizer)
-            return store.read_manifest(folder)["status"]
+            return _write_dense(run, model, tokenizer, claimed=True)
         _write_dense(run.dense(), model, tokenizer)
         model.to("cpu")
         layers = resolve_layers(run.layers, len(adapter.blocks(model)))
@@ -167,8 +215,9 @@ def run_job(cfg: DictConfig) -> str:
         extra["fallbacks"] = {"total": sum(report.fallbacks.values()), "by_kind": report.fallbacks}
         if report.fallbacks:
             log.warning("run %s: numerical fallbacks %s (per block in blocks.csv)", rid, report.fallbacks)
-        store.write_csv(folder / "layers.csv", report.layers, LAYER_COLUMNS)
-        store.write_csv(folder / "blocks.csv", report.blocks, BLOCK_COLUMNS)
+        # checksums of the bytes written, recorded in the manifest (store.check_run)
+        extra["sha256"] = {"layers.csv": store.write_csv(folder / "layers.csv", report.layers, LAYER_COLUMNS),
+                           "blocks.csv": store.write_csv(folder / "blocks.csv", report.blocks, BLOCK_COLUMNS)}
         zeros, numel = sum(r["zeros"] for r in report.layers), sum(r["numel"] for r in report.layers)
         extra["measured_sparsity"] = zeros / numel if numel else None
         start = time.perf_counter()
@@ -183,7 +232,7 @@ def run_job(cfg: DictConfig) -> str:
         extra["traceback"] = traceback.format_exc()
         rows = [{"dataset": "all", "metric": "ppl", "value": float("nan"), "status": status,
                  "message": extra["error"].splitlines()[0][:300]}]
-    store.write_csv(folder / "metrics.csv", _rows(run, key, rid, rows), METRIC_COLUMNS)
-    store.write_json(folder / "manifest.json", _manifest(run, key, status, times, memory, extra))
+    store.finish_run(folder, _rows(run, key, rid, rows), METRIC_COLUMNS, _manifest(run, key, status, times, memory,
+                                                                                  extra))
     log.info("run %s: %s", rid, status)
     return status

@@ -2,58 +2,36 @@
 
 Each function takes the rows of one model and evaluation protocol (as ``report.load_store``
 returns them) and returns a :class:`matplotlib.figure.Figure`; ``save`` writes it as PNG.
-Sparsity axes place N:M patterns at their ratio (2:4 at 0.5, 3:4 at 0.75) with a square
-marker and their label, not joined to the unstructured line. Runs without a valid number
-(``nan``, ``oom``, ``error``, ...) are drawn as a grey ``x`` on the top edge and listed with
-their status in a corner note, never as a value. The dense baseline is a dashed horizontal line.
-Every point is the mean over the configuration's seeds (runners/aggregate.py) with an error bar
-of ± one sample standard deviation where more than one seed ran (a shaded band for dense);
-pruners' error bars at one sparsity are shifted slightly sideways (``DODGE``) so they stay apart.
+Sparsity axes place N:M patterns at their ratio (2:4 at 0.5, 3:4 at 0.75) with a hollow square
+and their label, not joined to the unstructured line. Runs without a valid number (``nan``,
+``oom``, ``error``, ...) are drawn as a grey ``x`` on the top edge and listed with their status
+in the legend, never as a value. The dense baseline is a dashed black line (a grey ± std band
+when it has several seeds); a dotted grey line marks the vocabulary size ("uniform guess": a
+model that guesses uniformly has exactly that perplexity) when the data come within a factor 10
+of it. ``layers`` scopes are line styles (``all`` solid). Every point is the mean over the
+configuration's seeds (runners/aggregate.py) with an error bar of ± one sample standard deviation
+where more than one seed ran; pruners' error bars at one sparsity are shifted slightly sideways
+(``DODGE``). A dataset without any valid value gets no panel (one unavailable in every run is
+also left out of the tables, with a note there). Style and layout: runners/plot_style.py.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from .aggregate import aggregate, expand_failed
-from .labels import PRUNER_ORDER, pruner_order, row_labels, sparsity_order, sparsity_ratio
+from .formatting import unavailable_everywhere
+from .labels import pruner_order, row_labels, sparsity_order, sparsity_ratio
+from .plot_style import SIZES, color, finish, layer_styles, log_y, new_figure, style_axes
+from .plot_style import save  # noqa: F401  (report.py and the notebook call plots.save)
+from .tables import vocab_of
 
 DODGE = 0.004  # sideways shift (in sparsity) between pruners' error bars at the same sparsity
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-
-
-def color(label: str) -> str:
-    """A stable colour per pruner name (the first word of a row label)."""
-    head = label.split(" ")[0]
-    known = len(PRUNER_ORDER) - 1  # the named methods take the first colours, anything else the rest
-    idx = PRUNER_ORDER.index(head) - 1 if head in PRUNER_ORDER[1:] else \
-        known + sum(map(ord, head)) % (len(COLORS) - known)
-    return COLORS[idx % len(COLORS)]
-
-
-def _wrap(title: str) -> str:
-    """Break a long title at its first ': ' so it fits a single-panel figure."""
-    return title.replace(": ", ":\n", 1) if len(title) > 60 else title
-
-
-class _PlainLog(LogFormatterSciNotation):
-    """Matplotlib's choice of which log ticks to label, written 60 or 0.04 rather than 6x10^1."""
-
-    def __call__(self, x, pos=None):
-        text = super().__call__(x, pos)
-        return f"{x:g}" if text and 1e-3 <= abs(x) < 1e5 else text
-
-
-def _log_y(ax) -> None:
-    """Log y axis with plain-number tick labels in the usual range, minor ticks labelled on short ranges."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(_PlainLog())
-    ax.yaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+UNIFORM_WITHIN = 10.0  # draw the uniform-guess line when the data reach vocab / UNIFORM_WITHIN
+MAX_FAILED_LINES = 8  # failure lines in the legend; the tables list them all
+SPARSITY_LABEL = "sparsity (fraction of zero weights)"
 
 
 def _yerr(good: pd.DataFrame, scale: float, log: bool):
@@ -64,99 +42,132 @@ def _yerr(good: pd.DataFrame, scale: float, log: bool):
     return [lower, std]
 
 
-def _legend(ax, has_nm: bool) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if has_nm:
-        handles.append(Line2D([], [], color="grey", marker="s", linestyle="none", markerfacecolor="none"))
-        labels.append("N:M pattern (at its ratio)")
-    if handles:
-        ax.legend(handles, labels, fontsize=8, loc="best")
+def _x_range(ax, ratios: list[float], has_nm: bool) -> None:
+    """Pad the sparsity axis so markers and N:M labels stay inside; one sparsity gets ±0.1 around it
+    (not a zoom onto the error bars' sideways shift) and ticks only where something was run."""
+    lo, hi = min(ratios), max(ratios)
+    pad = max(0.04, 0.08 * (hi - lo))
+    ax.set_xlim(lo - (0.1 if hi == lo else pad), hi + (0.1 if hi == lo else pad + 0.03 * has_nm))
+    unique = sorted(set(round(r, 6) for r in ratios))
+    if len(unique) <= 4:
+        ax.set_xticks(unique)
 
 
-def _sparsity_lines(ax, rows: pd.DataFrame, log: bool, scale: float = 1.0) -> None:
+def _sparsity_lines(ax, rows: pd.DataFrame, log: bool, scale: float = 1.0) -> tuple[list, list]:
     """Draw one line per row label against sparsity from aggregated rows (``mean, std, n, failed``):
-    error bars where n > 1, dense as a horizontal line (and a ± std band)."""
-    has_nm, failed = False, []
+    error bars where n > 1, dense as a horizontal line (and a ± std band), each N:M pattern labelled
+    once. Returns the legend entries ``(handle, label)`` and the failure lines."""
+    has_nm, failed, entries, top = False, [], [], {}  # top: N:M label -> highest point, labelled once
     labels = sorted(rows["row"].unique(), key=pruner_order)
     pruned = [lb for lb in labels if lb != "dense"]
     spread = bool((rows.loc[rows["row"] != "dense", "n"] > 1).any())  # any error bar in this panel
+    styles = layer_styles(rows.loc[rows["row"] != "dense", "layers"])
+    ratios = [sparsity_ratio(s) for s in rows.loc[rows["row"] != "dense", "sparsity"]] or [0.5]
     for label in labels:
         sub = rows[rows["row"] == label]
         # Error bars of pruners at the same sparsity would overlap: shift each a little sideways.
         dodge = (pruned.index(label) - (len(pruned) - 1) / 2) * DODGE if label in pruned and spread else 0.0
         good, bad = sub[sub["n"] > 0], sub[sub["failed"] != ""]
         failed += [f"{label}{'' if label == 'dense' else ' ' + r['sparsity']}: "
-                   + (r["failed"] if r["n"] == 0 else f"{r['failed']} of {r['runs']} seeds")  # e.g. "1 nan of 3 seeds"
+                   + (f"{r['failed']} (x on the top edge)" if r["n"] == 0 else
+                      f"{r['failed']} of {r['runs']} seeds")  # e.g. "1 nan of 3 seeds": the mean is over the rest
                    for _, r in bad.drop_duplicates(["sparsity", "failed"]).iterrows()]
         if label == "dense":
-            for i, (_, r) in enumerate(good.iterrows()):
+            for _, r in good.iterrows():
                 y = float(r["mean"]) * scale
-                ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense" if i == 0 else None)
+                entries.append((ax.axhline(y, color="black", linestyle="--", linewidth=1), "dense"))
                 if r["n"] > 1:
                     ax.axhspan(y - float(r["std"]) * scale, y + float(r["std"]) * scale, color="black",
                                alpha=0.08, linewidth=0)
             continue
-        legend = label
-        bars = bool((good["n"] > 1).any())
+        linestyle, marker = styles[str(sub["layers"].iloc[0])]
+        common = {"color": color(label), "linestyle": linestyle, "label": label}
         unstructured = good[~good["sparsity"].str.contains(":")]
         if not unstructured.empty:
             unstructured = unstructured.assign(x=unstructured["sparsity"].astype(float)).sort_values("x")
             y = unstructured["mean"].astype(float) * scale
-            if bars:
-                ax.errorbar(unstructured["x"] + dodge, y, yerr=_yerr(unstructured, scale, log), marker="o",
-                            capsize=3, color=color(label), label=legend)
+            if (good["n"] > 1).any():
+                ax.errorbar(unstructured["x"] + dodge, y, yerr=_yerr(unstructured, scale, log), marker=marker,
+                            capsize=3, markersize=4, **common)
             else:
-                ax.plot(unstructured["x"] + dodge, y, marker="o", color=color(label), label=legend)
-            legend = None
+                ax.plot(unstructured["x"] + dodge, y, marker=marker, markersize=4, **common)
+            entries.append((Line2D([], [], marker=marker, markersize=4, **common), label))
         for _, r in good[good["sparsity"].str.contains(":")].iterrows():
             has_nm = True
             x, y = sparsity_ratio(r["sparsity"]) + dodge, float(r["mean"]) * scale
-            style = {"marker": "s", "markerfacecolor": "none", "markersize": 8, "color": color(label),
-                     "linestyle": "none", "label": legend}
+            style = {"marker": "s", "markerfacecolor": "none", "markersize": 6, "color": color(label),
+                     "linestyle": "none"}
             if r["n"] > 1:
-                ax.errorbar([x], [y], yerr=_yerr(r.to_frame().T, scale, log), capsize=3, **style)
+                ax.errorbar([x], [y], yerr=_yerr(r.to_frame().T, scale, log), capsize=3, label=label, **style)
             else:
-                ax.plot([x], [y], **style)
-            legend = None
-            ax.annotate(r["sparsity"], (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7,
-                        color=color(label))
+                ax.plot([x], [y], label=label, **style)
+            if unstructured.empty:
+                entries.append((Line2D([], [], **style), label))
+            high = y + (float(r["std"]) * scale if r["n"] > 1 else 0.0)  # above its error bar too
+            top[r["sparsity"]] = max(top.get(r["sparsity"], high), high)
         for _, r in bad[bad["n"] == 0].iterrows():
             ax.plot([sparsity_ratio(r["sparsity"])], [0.97], marker="x", color="grey", linestyle="none",
                     transform=ax.get_xaxis_transform())
-    if failed:
-        ax.text(0.01, 0.01, "failed seeds (x on the top edge: no seed gave a value):\n" + "\n".join(failed),
-                transform=ax.transAxes, fontsize=6, color="dimgrey", va="bottom", ha="left",
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    for pattern, y in top.items():  # one label per pattern (four pruners' labels at one spot would overlap)
+        # above the highest marker of the pattern, centred; the x-range is padded for it (_x_range)
+        ax.annotate(pattern, (sparsity_ratio(pattern), y), textcoords="offset points", xytext=(0, 6),
+                    ha="center", va="bottom", fontsize=SIZES["note"], color="dimgrey",
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.3})
+    if has_nm:
+        ax.margins(y=0.12)  # headroom for a pattern label above the highest point
+        entries.append((Line2D([], [], color="grey", marker="s", linestyle="none", markerfacecolor="none"),
+                        "N:M pattern (at its ratio)"))
     if log:
-        _log_y(ax)
-    lo, hi = ax.get_xlim()
-    if hi - lo < 0.1:  # one sparsity only: do not zoom onto the error bars' sideways shift
-        mid = (lo + hi) / 2
-        ax.set_xlim(mid - 0.05, mid + 0.05)
-    ax.set_xlabel("sparsity (fraction of zero weights)")
-    ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, has_nm)
+        log_y(ax)
+    _x_range(ax, ratios, has_nm)
+    return entries, failed
+
+
+def _uniform_guess(ax, rows: pd.DataFrame, vocab: float | None) -> list:
+    """The vocabulary-size line when the panel's values come within ``UNIFORM_WITHIN`` of it (a line
+    four decades above the data would only squash them); its legend entry, or none."""
+    values = (rows["mean"].astype(float) + rows["std"].astype(float).fillna(0)).dropna()
+    if vocab is None or values.empty or values.max() < vocab / UNIFORM_WITHIN:
+        return []
+    line = ax.axhline(vocab, color="dimgrey", linestyle=":", linewidth=1.2)
+    return [(line, f"uniform guess (ppl = vocabulary size {int(vocab)})")]
+
+
+def _failed_entry(failed: list[str]) -> list[tuple]:
+    """One legend entry (grey x) listing the failed seeds, each line once, at most ``MAX_FAILED_LINES``."""
+    lines = list(dict.fromkeys(failed))
+    if not lines:
+        return []
+    shown = lines[:MAX_FAILED_LINES] + ([f"... and {len(lines) - MAX_FAILED_LINES} more (see the table)"]
+                                        if len(lines) > MAX_FAILED_LINES else [])
+    return [(Line2D([], [], color="grey", marker="x", linestyle="none"),
+             "failed seeds:\n" + "\n".join(shown))]
 
 
 def ppl_vs_sparsity(frame: pd.DataFrame, title: str = "") -> Figure | None:
-    """Perplexity vs sparsity, one panel per dataset, one line per pruner, log y, ± std error bars
-    over seeds (None: no rows)."""
+    """Perplexity vs sparsity, one panel per dataset with at least one valid value, one line per
+    pruner, log y, ± std error bars over seeds, dense and uniform-guess lines (None: no data)."""
     ppl = frame[frame["metric"] == "ppl"]
+    dropped = unavailable_everywhere(ppl)
+    ppl = ppl[~ppl["dataset"].isin(list(dropped))]
     datasets = [d for d in ppl["dataset"].unique() if d != "all"]
     if ppl.empty or not datasets:
         return None
     ppl = aggregate(expand_failed(ppl, [(ds, "ppl") for ds in datasets]))
+    datasets = [d for d in datasets if (ppl.loc[ppl["dataset"] == d, "n"] > 0).any()]  # no empty panel
+    if not datasets:
+        return None
     ppl["row"] = row_labels(ppl)
-    fig = Figure(figsize=(5 * len(datasets), 4.2), layout="constrained")
-    for i, ds in enumerate(datasets):
-        ax = fig.add_subplot(1, len(datasets), i + 1)
+    vocab = vocab_of(frame)[0]
+    fig, axes = new_figure(len(datasets))
+    entries, failed = [], []
+    for ax, ds in zip(axes, datasets):
         rows = ppl[ppl["dataset"] == ds]
-        _sparsity_lines(ax, rows, log=True)
-        ax.set_ylabel(f"{ds} perplexity (log scale)")
-        ax.set_title(ds)
-    title = title or "Perplexity vs sparsity"
-    fig.suptitle(_wrap(title) if len(datasets) == 1 else title, fontsize=11)
-    return fig
+        got, lost = _sparsity_lines(ax, rows, log=True)
+        entries += got + _uniform_guess(ax, rows, vocab)
+        failed += lost
+        style_axes(ax, SPARSITY_LABEL, "perplexity (log scale)", ds)
+    return finish(fig, title or "Perplexity vs sparsity", entries + _failed_entry(failed))
 
 
 def zeroshot_vs_sparsity(frame: pd.DataFrame, metric: str = "acc", title: str = "") -> Figure | None:
@@ -167,13 +178,13 @@ def zeroshot_vs_sparsity(frame: pd.DataFrame, metric: str = "acc", title: str = 
     if not (zs["dataset"] == "zeroshot_mean").any():
         return None
     zs = aggregate(expand_failed(zs, [("zeroshot_mean", metric)]))
+    if not (zs["n"] > 0).any():
+        return None
     zs["row"] = row_labels(zs)
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    _sparsity_lines(ax, zs, log=False, scale=100.0)
-    ax.set_ylabel(f"mean zero-shot {metric} (%)")
-    ax.set_title(_wrap(title or f"Mean zero-shot {metric} vs sparsity"), fontsize=10)
-    return fig
+    fig, (ax,) = new_figure(1)
+    entries, failed = _sparsity_lines(ax, zs, log=False, scale=100.0)
+    style_axes(ax, SPARSITY_LABEL, f"mean zero-shot {metric} (%)")
+    return finish(fig, title or f"Mean zero-shot {metric} vs sparsity", entries + _failed_entry(failed))
 
 
 def default_block_sparsity(blocks: pd.DataFrame) -> str | None:
@@ -188,40 +199,41 @@ def default_block_sparsity(blocks: pd.DataFrame) -> str | None:
     return sorted(top, key=sparsity_order)[0]
 
 
+# Per-block panels: metric, y label, panel title (the update panel only where the store has it).
+BLOCK_PANELS = [("rel_output_error", "relative error", r"$\Vert\hat{f}(X)-f(X)\Vert\,/\,\Vert f(X)\Vert$"),
+                ("rel_update_error", "relative error",
+                 r"$\Vert\hat{f}(X)-f(X)\Vert\,/\,\Vert f(X)-X\Vert$ (own update)")]
+
+
 def block_errors(blocks: pd.DataFrame, sparsity: str, title: str = "") -> Figure | None:
-    """Relative output error per decoder block, one line per pruner, at ``sparsity``: the mean over
-    seeds, ± std error bars where several seeds ran (None: no rows)."""
-    sub = blocks[(blocks["metric"] == "rel_output_error") & (blocks["sparsity"] == sparsity)].copy()
-    if sub.empty:
+    """Relative error per decoder block at ``sparsity``, one line per pruner (``layers`` as line
+    style): relative to the block output and, where recorded, to the block's own update f(X) - X.
+    The mean over seeds, ± std error bars where several seeds ran (None: no rows)."""
+    sub = blocks[blocks["metric"].isin([m for m, _, _ in BLOCK_PANELS]) & (blocks["sparsity"] == sparsity)].copy()
+    panels = [p for p in BLOCK_PANELS if (sub["metric"] == p[0]).any()]
+    if sub.empty or not panels:
         return None
     sub["row"] = row_labels(sub)
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    positive = bool((sub.groupby(["row", "block"])["value"].mean() > 0).all())  # log axis only if all > 0
-    for label in sorted(sub["row"].unique(), key=pruner_order):
-        per_block = sub[sub["row"] == label].groupby("block")["value"]
-        line = pd.DataFrame({"mean": per_block.mean(), "std": per_block.std(ddof=1), "n": per_block.count()})
-        if (line["n"] > 1).any():
-            ax.errorbar(line.index, line["mean"], yerr=_yerr(line, 1.0, positive), marker="o", markersize=3,
-                        capsize=2, color=color(label), label=label)
-        else:
-            ax.plot(line.index, line["mean"], marker="o", markersize=3, color=color(label), label=label)
-    if positive:
-        _log_y(ax)
-    ax.set_xlabel("decoder block")
-    ax.set_ylabel("relative output error" + (" (log scale)" if positive else ""))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(_wrap(title or f"Per-block relative output error at sparsity {sparsity}"), fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` as PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png", dpi=dpi)
-    os.replace(tmp, path)
-    return path
+    styles = layer_styles(sub["layers"])
+    fig, axes = new_figure(len(panels))
+    entries = []
+    for ax, (metric, ylabel, panel) in zip(axes, panels):
+        rows = sub[sub["metric"] == metric]
+        positive = bool((rows.groupby(["row", "block"])["value"].mean() > 0).all())  # log axis only if all > 0
+        for label in sorted(rows["row"].unique(), key=pruner_order):
+            mine = rows[rows["row"] == label]
+            per_block = mine.groupby("block")["value"]
+            line = pd.DataFrame({"mean": per_block.mean(), "std": per_block.std(ddof=1), "n": per_block.count()})
+            linestyle, marker = styles[str(mine["layers"].iloc[0])]
+            common = {"marker": marker, "markersize": 3, "color": color(label), "linestyle": linestyle,
+                      "label": label}
+            if (line["n"] > 1).any():
+                ax.errorbar(line.index, line["mean"], yerr=_yerr(line, 1.0, positive), capsize=2, **common)
+            else:
+                ax.plot(line.index, line["mean"], **common)
+            entries.append((Line2D([], [], **common), label))
+        if positive:
+            log_y(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        style_axes(ax, "decoder block", ylabel + (" (log scale)" if positive else ""), panel)
+    return finish(fig, title or f"Per-block relative error at sparsity {sparsity}", entries)

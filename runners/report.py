@@ -24,16 +24,43 @@ import pandas as pd
 
 from . import plots
 from .aggregate import long_table, paired_differences, paired_text
-from .compare import REFERENCE, compare, comparison_table, load_published
+from .compare import REFERENCE, compare, comparison_table, load_published, nearest_published
+from .formatting import unavailable_everywhere, vocab_size
 from .report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
 from .store import atomic_write_text, load_metrics, read_manifest
-from .tables import (GROUP, VARYING, Table, normalize, ppl_grid, ppl_table, sparsity_label, to_csv, to_latex,
-                     to_markdown, zeroshot_grid)
+from .tables import (GROUP, VARYING, Table, normalize, notes_markdown, ppl_grid, ppl_table, sparsity_label,
+                     to_csv, to_latex, to_markdown, zeroshot_grid)
 
 IDENTITY = ["run_id", "model", "pruner", "sparsity", *VARYING, "protocol", "eval_seqlen", "eval_max_windows",
             "seed"]
 FALLBACK = "fallback:"  # blocks.csv metric prefix: ``fallback:<kind>``, value = count in that block
 FALLBACK_COLUMNS = ["run_id", "block", "kind", "value"]
+# Per-block diagnostics the report plots; stores from before rel_update_error have only the first.
+BLOCK_METRICS = ("rel_output_error", "rel_update_error")
+
+
+def with_vocab(metrics: pd.DataFrame, manifests: dict) -> pd.DataFrame:
+    """The rows plus ``vocab_size`` and ``vocab_source`` per model (runners/formatting.vocab_size over
+    that model's manifests), which mark collapsed perplexities in tables and plots."""
+    if metrics.empty:
+        return metrics
+    found = {model: vocab_size(model, [manifests[r] for r in dict.fromkeys(g["run_id"]) if r in manifests])
+             for model, g in metrics.groupby("model", sort=False)}
+    return metrics.assign(vocab_size=metrics["model"].map(lambda m: found[m][0]),
+                          vocab_source=metrics["model"].map(lambda m: found[m][1]))
+
+
+def without_dropped(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows minus those of datasets unavailable in every run of their model/protocol: their
+    message is already given once under the table they are left out of, not again in the notes."""
+    if metrics.empty:
+        return metrics
+    keep = pd.Series(True, index=metrics.index)
+    for _, g in metrics.groupby(GROUP, sort=False):
+        for kind in (("ppl",), ("acc", "acc_norm")):
+            dropped = list(unavailable_everywhere(g, kind))
+            keep[g.index[g["metric"].isin(kind) & g["dataset"].isin(dropped)]] = False
+    return metrics[keep]
 
 
 def summarize(results_dir: str | Path) -> str:
@@ -41,13 +68,18 @@ def summarize(results_dir: str | Path) -> str:
     metrics = load_metrics(results_dir)
     if metrics.empty:
         return f"no finished runs in {Path(results_dir) / 'runs'}"
-    metrics.to_csv(Path(results_dir) / "summary.csv", index=False)  # the raw rows, one per run
-    metrics = normalize(metrics)
+    # the raw rows, one per run; atomic, so a kill or a full disk keeps the previous summary.csv
+    atomic_write_text(Path(results_dir) / "summary.csv", metrics.to_csv(index=False))
+    manifests = {f.name: m for f in sorted((Path(results_dir) / "runs").glob("*"))
+                 if f.is_dir() and (m := read_manifest(f)) is not None}
+    metrics = with_vocab(normalize(metrics), manifests)
     parts = []
     for key, frame in metrics.groupby(GROUP, dropna=False, sort=True):
         title = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key))
-        parts.append(f"### Perplexity ({title})\n\n{to_markdown(ppl_table(frame))}\n")
-    notes = note_lines(metrics, with_ids=False)
+        notes = notes_markdown(ppl_grid(frame))  # the collapsed marker and left-out datasets
+        parts.append(f"### Perplexity ({title})\n\n{to_markdown(ppl_table(frame))}\n"
+                     + (f"\n{notes}\n" if notes else ""))
+    notes = note_lines(without_dropped(metrics), with_ids=False)
     if notes:
         parts.append("Notes:\n" + "\n".join(notes))
     return "\n".join(parts)
@@ -55,9 +87,10 @@ def summarize(results_dir: str | Path) -> str:
 
 @dataclass
 class Store:
-    """What a report reads: metric rows (normalized), per-block errors (``rel_output_error`` rows with
-    each run's identity columns), numerical fallbacks per block (``run_id, block, kind, value``), and
-    each run's manifest."""
+    """What a report reads: metric rows (normalized, with each model's ``vocab_size``), per-block
+    errors (``rel_output_error`` and, in newer stores, ``rel_update_error`` rows with each run's
+    identity columns), numerical fallbacks per block (``run_id, block, kind, value``), and each
+    run's manifest."""
 
     metrics: pd.DataFrame
     blocks: pd.DataFrame
@@ -90,7 +123,7 @@ def load_store(results_dir: str | Path) -> Store:
         if (folder / "blocks.csv").exists():
             blocks = pd.read_csv(folder / "blocks.csv")
             metric = blocks["metric"].astype(str)
-            frames.append(blocks[metric == "rel_output_error"].assign(run_id=folder.name))
+            frames.append(blocks[metric.isin(BLOCK_METRICS)].assign(run_id=folder.name))
             fall = blocks[metric.str.startswith(FALLBACK)]
             falls.append(pd.DataFrame({"run_id": folder.name, "block": fall["block"].astype(int),
                                        "kind": fall["metric"].str[len(FALLBACK):],
@@ -98,21 +131,29 @@ def load_store(results_dir: str | Path) -> Store:
     blocks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["block", "metric", "value"])
     if not metrics.empty and frames:
         ids = metrics[IDENTITY].drop_duplicates("run_id")
-        blocks = blocks.drop_duplicates(["run_id", "block"], keep="last").merge(ids, on="run_id")
+        blocks = blocks.drop_duplicates(["run_id", "block", "metric"], keep="last").merge(ids, on="run_id")
     else:
         blocks = blocks.assign(**{c: pd.Series(dtype=object) for c in IDENTITY if c not in blocks})
     fallbacks = pd.concat(falls, ignore_index=True) if falls else pd.DataFrame(columns=FALLBACK_COLUMNS)
-    return Store(metrics, blocks, manifests, fallbacks)
+    return Store(with_vocab(metrics, manifests), blocks, manifests, fallbacks)
 
 
-def _write_table(table: Table, folder: Path, name: str) -> str:
-    """Write ``name``.md/.csv/.tex; return the Markdown plus links to the three files."""
+def _write_table(table: Table, folder: Path, name: str, shown: set | None = None) -> str:
+    """Write ``name``.md/.csv/.tex; return the Markdown (and its notes) plus links to the three files.
+    The CSV holds the cells only (so it parses); the notes go under the Markdown and LaTeX tables.
+    ``shown``: notes report.md already gives (e.g. under the acc table, for the acc_norm one), which
+    the returned text leaves out; the ones it adds are put in it."""
     md = to_markdown(table)
-    atomic_write_text(folder / f"{name}.md", f"{table.title}\n\n{md}\n")
+    notes = notes_markdown(table)
+    atomic_write_text(folder / f"{name}.md", f"{table.title}\n\n{md}\n" + (f"\n{notes}\n" if notes else ""))
     atomic_write_text(folder / f"{name}.csv", to_csv(table))
     atomic_write_text(folder / f"{name}.tex", to_latex(table))
     links = " ".join(f"[{ext}](tables/{name}.{ext})" for ext in ("md", "csv", "tex"))
-    return f"{md}\n\nFiles: {links}\n"
+    shown = set() if shown is None else shown
+    new = [n for n in table.notes if n not in shown]
+    shown.update(new)
+    lines = "\n".join(f"- {n}" for n in new)
+    return md + (f"\n\n{lines}" if lines else "") + f"\n\nFiles: {links}\n"
 
 
 def _plot(fig, plot_dir: Path, name: str, alt: str) -> str:
@@ -171,23 +212,30 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
     tables.mkdir(parents=True, exist_ok=True)
     atomic_write_text(tables / "aggregate.csv", long_table(store.metrics).to_csv(index=False))
     for title, slug, frame, blocks in store.groups():
+        shown: set = set()  # this group's notes report.md already gives (a dropped task: acc and acc_norm)
         doc += [f"## {title}", "", "**Protocol**", "", *protocol_lines(frame, store.manifests, store.fallbacks), "",
-                "### Perplexity", "", _write_table(ppl_grid(frame, f"Perplexity: {title}"), tables, f"ppl__{slug}"),
+                "### Perplexity", "",
+                _write_table(ppl_grid(frame, f"Perplexity: {title}"), tables, f"ppl__{slug}", shown),
                 _plot(plots.ppl_vs_sparsity(frame, f"Perplexity vs sparsity: {title}"), plot_dir, f"ppl__{slug}",
                       "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title)]
         for metric in ("acc", "acc_norm"):
             table = zeroshot_grid(frame, metric, f"Zero-shot {metric} (%): {title}")
             if table is not None:
-                doc += [f"### Zero-shot {metric} (%)", "", _write_table(table, tables, f"zeroshot_{metric}__{slug}")]
+                doc += [f"### Zero-shot {metric} (%)", "",
+                        _write_table(table, tables, f"zeroshot_{metric}__{slug}", shown)]
         fig = plots.zeroshot_vs_sparsity(frame, "acc", f"Mean zero-shot acc vs sparsity: {title}")
         doc.append(_plot(fig, plot_dir, f"zeroshot__{slug}", "mean zero-shot accuracy vs sparsity"))
         sp = sparsity_label(block_sparsity) if block_sparsity else plots.default_block_sparsity(blocks)
         if sp is not None and not blocks.empty:
-            fig = plots.block_errors(blocks, sp, f"Per-block relative output error at sparsity {sp}: {title}")
+            fig = plots.block_errors(blocks, sp, f"Per-block relative error at sparsity {sp}: {title}")
             if fig is not None:
+                update = "" if not (blocks["metric"] == "rel_update_error").any() else (
+                    " Right: relative to the block's own update, ||f̂(X) − f(X)|| / ||f(X) − X||, which removes "
+                    "the scale of the residual stream X (that dominates ||f(X)||), so a jump shows where "
+                    "pruning got worse, not where the residual norm changed.")
                 doc += [f"### Per-block relative output error at sparsity {sp}", "",
-                        "On the calibration inputs: ||pruned block output - dense block output|| / "
-                        "||dense block output||, each block fed the pruned model's inputs.", "",
+                        "On the calibration inputs, each block fed the pruned model's inputs X, with f the dense "
+                        "block and f̂ the pruned one: ||f̂(X) − f(X)|| / ||f(X)||." + update, "",
                         _plot(fig, plot_dir, f"blocks__{slug}__{re.sub('[^0-9A-Za-z.]', '-', sp)}", "block errors")]
     if compare_published:
         no_calib = {r for r, m in store.manifests.items() if "calib" in (m.get("run_key") or {})
@@ -198,10 +246,19 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
                 "published evaluation seqlen where given); ours is the mean over seeds, ratio = mean / published. "
                 "`sparsellm_released` is compared with the published SparseLLM numbers; `sparsellm+keep_best` "
                 "is not.", ""]
-        doc.append(_write_table(comparison_table(pairs), tables, "comparison") if not pairs.empty
-                   else "No run matches a published number.\n")
+        if not pairs.empty:
+            doc.append(_write_table(comparison_table(pairs), tables, "comparison"))
+        else:  # say what would match: the published points nearest to what was run
+            near = nearest_published(store.metrics, load_published(reference))
+            doc.append("No run matches a published number." + (
+                "" if near.empty else " The nearest published points (same pruner and sparsity on another "
+                "model, or the same model and pruner at another sparsity): run one of these configurations "
+                "to compare.") + "\n")
+            if not near.empty:
+                doc.append(_write_table(comparison_table(near, "Nearest published points"), tables,
+                                        "comparison_nearest"))
     doc += fallback_section(store.metrics, store.manifests, store.fallbacks)
-    notes = note_lines(store.metrics)
+    notes = note_lines(without_dropped(store.metrics))
     if notes:
         doc += ["## Notes", "", "Each message once, with the runs it applies to.", "", *notes]
     atomic_write_text(out / "report.md", "\n".join(doc).rstrip() + "\n")

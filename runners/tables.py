@@ -3,19 +3,23 @@
 A :class:`Table` holds the text of every cell (a number, or the run's status: ``nan``, ``oom``,
 ``unavailable``, ``error``; ``-`` where nothing was run) and a mask of the best value per
 column. Cells aggregate the runs of every seed (runners/aggregate.py): ``35.00`` for one seed,
-``35.00 ± 1.00 (n=3)`` (mean ± sample std over n seeds) for several, ``(n=2; 1 nan)`` when a seed
-failed. "Best" is taken by the mean among the pruned rows whose every seed gave a number (the
+``35.00 ± 1.000 (n=3)`` (mean ± sample std over n seeds) for several, ``(n=2; 1 nan)`` when a seed
+failed; every number has 4 significant digits, scientific at or above 1e5 (runners/formatting.py).
+A perplexity above the model's vocabulary size ends in ``†`` (collapsed) and the table's notes
+explain it; a dataset unavailable in every run has no column, and a note says why. "Best" is
+taken by the mean among the pruned rows whose every seed gave a number (the
 dense baseline would always win): the lowest perplexity, the highest accuracy. Markdown and
 LaTeX (``$\\pm$``) show it in bold, CSV appends ``*`` to the cell. The label helpers live in
 runners/labels.py and are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from .aggregate import aggregate, expand_failed
+from .formatting import COLLAPSED, collapsed_note, dropped_note, is_collapsed, number, unavailable_everywhere
 # GROUP, VARYING, PRUNER_ORDER, normalize, sparsity_ratio: re-exported for code that imported them from here.
 from .labels import (GROUP, PRUNER_ORDER, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
                      sparsity_label, sparsity_order, sparsity_ratio)
@@ -25,7 +29,7 @@ MISSING = "-"
 
 def cell(value: float, status: str) -> str:
     """Text of one single-run cell: the number when the row is ok, else its status."""
-    return f"{value:.2f}" if status == "ok" and pd.notna(value) else str(status)
+    return number(value) if status == "ok" and pd.notna(value) else str(status)
 
 
 @dataclass
@@ -36,16 +40,18 @@ class Table:
     text: pd.DataFrame   # strings; columns may be a two-level (group, column) MultiIndex
     best: pd.DataFrame   # bools, same shape
     index_name: str | None = "pruner"
+    notes: list[str] = field(default_factory=list)  # footnotes: collapsed marker, left-out datasets
 
 
 def _grid(entries: dict, rows: list[str], columns: list, lower_is_better: bool, scale: float,
-          title: str) -> Table:
-    """Build a Table from ``{(row, column): Stat}``; best (by mean) among pruned cells whose every seed is ok."""
+          title: str, vocab: float | None = None) -> Table:
+    """Build a Table from ``{(row, column): Stat}``; best (by mean) among pruned cells whose every seed
+    is ok; a mean above ``vocab`` (perplexity tables only) gets the collapsed marker."""
     index = pd.MultiIndex.from_tuples(columns) if columns and isinstance(columns[0], tuple) else pd.Index(columns)
     text = pd.DataFrame(MISSING, index=pd.Index(rows, name="pruner"), columns=index, dtype=object)
     best = pd.DataFrame(False, index=text.index, columns=index)
     for (row, col), stat in entries.items():
-        text.loc[row, col] = stat.text(scale)
+        text.loc[row, col] = stat.text(scale, COLLAPSED if stat.n and is_collapsed(stat.mean, vocab) else "")
     for col in columns:
         good = {r: entries[(r, col)].mean for r in rows if not is_dense(r) and (r, col) in entries
                 and entries[(r, col)].rankable}
@@ -56,11 +62,24 @@ def _grid(entries: dict, rows: list[str], columns: list, lower_is_better: bool, 
     return Table(title, text, best)
 
 
+def vocab_of(frame: pd.DataFrame) -> tuple[float | None, str, str]:
+    """``(vocabulary size, model, where it came from)`` as report.load_store attached it to the rows
+    (``vocab_size``/``vocab_source`` columns); ``(None, "", "")`` when it did not."""
+    if "vocab_size" not in frame or frame["vocab_size"].isna().all():
+        return None, "", ""
+    first = frame[frame["vocab_size"].notna()].iloc[0]
+    return float(first["vocab_size"]), str(first.get("model", "")), str(first.get("vocab_source", ""))
+
+
 def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
     """One model/protocol: rows = pruner (dense on top), columns = (sparsity, dataset) perplexity,
-    each cell aggregated over seeds (``mean ± std (n=3)``; the plain value for a single seed)."""
+    each cell aggregated over seeds (``mean ± std (n=3)``; the plain value for a single seed).
+    Datasets unavailable in every run get no column (a note instead); a perplexity above the
+    vocabulary size (``vocab_size`` column, see :func:`vocab_of`) is marked collapsed."""
     ppl = frame[frame["metric"] == "ppl"].copy()
     ppl["sparsity"], ppl["status"] = ppl["sparsity"].map(sparsity_label), ppl["status"].astype(str)
+    dropped = unavailable_everywhere(ppl)
+    ppl = ppl[~ppl["dataset"].isin(list(dropped))]
     datasets = [d for d in ppl["dataset"].unique() if d != "all"]
     agg = aggregate(expand_failed(ppl, [(ds, "ppl") for ds in datasets]))  # a failed run fills its row
     agg["row"] = row_labels(agg)
@@ -71,7 +90,12 @@ def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
         for sp in sparsities if r["pruner"] == "dense" else [r["sparsity"]]:
             entries[(r["row"], (sp, r["dataset"]))] = r["stat"]
     rows = sorted(agg["row"].unique(), key=pruner_order)
-    return _grid(entries, rows, [(sp, ds) for sp in sparsities for ds in datasets], True, 1.0, title)
+    vocab, model, source = vocab_of(frame)
+    table = _grid(entries, rows, [(sp, ds) for sp in sparsities for ds in datasets], True, 1.0, title, vocab)
+    if any(COLLAPSED in str(v) for v in table.text.to_numpy().ravel()):
+        table.notes.append(collapsed_note(int(vocab), model, source))
+    table.notes += [dropped_note(ds, msg) for ds, msg in dropped.items()]
+    return table
 
 
 def ppl_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,8 +114,9 @@ def _zeroshot_order(label: str) -> tuple:
 def zeroshot_grid(frame: pd.DataFrame, metric: str = "acc", title: str | None = None) -> Table | None:
     """Rows = pruner and sparsity (dense on top), columns = tasks then their mean, in %, aggregated
     over seeds (None: no tasks)."""
+    dropped = unavailable_everywhere(frame, ("acc", "acc_norm"))
     tasks = [d for d in frame.loc[frame["metric"].isin(["acc", "acc_norm"]), "dataset"].unique()
-             if d not in ("zeroshot_mean", "all")]
+             if d not in ("zeroshot_mean", "all") and d not in dropped]
     if not tasks or not (frame["metric"] == metric).any():
         return None
     zs = frame[frame["dataset"].isin(tasks + ["zeroshot_mean"]) | (frame["dataset"] == "all")]
@@ -101,7 +126,9 @@ def zeroshot_grid(frame: pd.DataFrame, metric: str = "acc", title: str | None = 
     entries = {(r["row"], "mean" if r["dataset"] == "zeroshot_mean" else r["dataset"]): r["stat"]
                for _, r in agg.iterrows()}
     rows = sorted(agg["row"].unique(), key=_zeroshot_order)
-    return _grid(entries, rows, tasks + ["mean"], False, 100.0, title or f"Zero-shot {metric} (%)")
+    table = _grid(entries, rows, tasks + ["mean"], False, 100.0, title or f"Zero-shot {metric} (%)")
+    table.notes += [dropped_note(ds, msg) for ds, msg in dropped.items()]
+    return table
 
 
 def _flat_columns(table: Table) -> list[str]:
@@ -120,13 +147,19 @@ def _marked(table: Table, mark) -> pd.DataFrame:
 
 
 def to_markdown(table: Table | pd.DataFrame) -> str:
-    """Markdown with columns ``"<sparsity> <dataset>"``; best values in bold."""
-    legacy = isinstance(table, pd.DataFrame)  # summarize's plain cell-text table: tabulate reformats numbers
-    if legacy:
+    """Markdown with columns ``"<sparsity> <dataset>"``; best values in bold (the table only: the
+    notes are rendered by :func:`notes_markdown`)."""
+    if isinstance(table, pd.DataFrame):  # a plain cell-text table
         table = Table("", table, pd.DataFrame(False, index=table.index, columns=table.columns))
     out = _marked(table, lambda s: f"**{s}**")
     out = out.reset_index() if table.index_name else out
-    return out.to_markdown(index=False, disable_numparse=not legacy)
+    # numparse off: tabulate would rewrite the cells' numbers (3.702e+06 -> 3.70222e+06, 30.00 -> 30)
+    return out.to_markdown(index=False, disable_numparse=True)
+
+
+def notes_markdown(table: Table) -> str:
+    """The table's notes as Markdown lines ("" without notes)."""
+    return "\n".join(f"- {n}" for n in table.notes)
 
 
 def to_csv(table: Table) -> str:
@@ -136,7 +169,8 @@ def to_csv(table: Table) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", COLLAPSED: r"$^\dagger$",
+          "`": ""}
 
 
 def latex_escape(text: object) -> str:
@@ -169,4 +203,7 @@ def to_latex(table: Table) -> str:
         lines.append(" & ".join(([latex_escape(row)] if lead else []) + cells) + " \\\\")
         if is_dense(str(row)) and i < len(text.index) - 1 and not is_dense(str(text.index[i + 1])):
             lines.append("\\midrule")
-    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
+    lines.append("\\bottomrule")
+    width = len(lead) + len(cols)  # footnotes span the whole table, under the rule
+    lines += [f"\\multicolumn{{{width}}}{{l}}{{\\footnotesize {latex_escape(n)}}} \\\\" for n in table.notes]
+    return "\n".join(lines + ["\\end{tabular}", ""])

@@ -92,25 +92,26 @@ def _rows(md_path: Path) -> dict:
 
 
 def test_mean_std_cells_in_markdown_csv_latex(built):
-    """Cells read `mean ± std (n=3)` over seeds (plain for one seed, failures counted); best by mean."""
+    """Cells read `mean ± std (n=3)` over seeds (plain for one seed, failures counted); best by mean.
+    Mean and std both have 4 significant digits (runners/formatting.py)."""
     tables = built / "report" / "tables"
     rows = _rows(tables / "ppl__tiny-llama__smoke__s64__w4.md")
     assert list(rows) == ["dense", "magnitude", "wanda", "sparsegpt", "sparsellm", "sparsellm+keep_best",
                           "sparsellm_released"]
-    assert rows["dense"] == ["30.00 ± 1.00 (n=3)"]
-    assert rows["wanda"] == ["**35.00 ± 1.00 (n=3)**"]       # 30.50 of sparsellm lost a seed: not ranked
-    assert rows["sparsegpt"] == [f"38.00 ± {math.sqrt(7):.2f} (n=3)"]
+    assert rows["dense"] == ["30.00 ± 1.000 (n=3)"]
+    assert rows["wanda"] == ["**35.00 ± 1.000 (n=3)**"]       # 30.50 of sparsellm lost a seed: not ranked
+    assert rows["sparsegpt"] == ["38.00 ± 2.646 (n=3)"] and f"{math.sqrt(7):.4f}" == "2.6458"
     assert rows["magnitude"] == ["50.00"]
-    assert rows["sparsellm"] == ["30.50 ± 0.71 (n=2; 1 nan)"]
+    assert rows["sparsellm"] == ["30.50 ± 0.7071 (n=2; 1 nan)"]
     csv = pd.read_csv(tables / "ppl__tiny-llama__smoke__s64__w4.csv", dtype=str).set_index("pruner")
-    assert csv.loc["wanda", "0.5 wikitext2"] == "35.00 ± 1.00 (n=3)*"
+    assert csv.loc["wanda", "0.5 wikitext2"] == "35.00 ± 1.000 (n=3)*"
     tex = (tables / "ppl__tiny-llama__smoke__s64__w4.tex").read_text()
-    assert "\\textbf{35.00 $\\pm$ 1.00 (n=3)}" in tex and "±" not in tex
+    assert "\\textbf{35.00 $\\pm$ 1.000 (n=3)}" in tex and "±" not in tex
     agg = pd.read_csv(tables / "aggregate.csv")
     wanda = agg[(agg["pruner"] == "wanda") & (agg["dataset"] == "wikitext2")].iloc[0]
     assert (wanda["mean"], wanda["std"], wanda["n"], wanda["seeds"]) == (35.0, 1.0, 3, "0,1,2")
     assert "seed" not in agg.columns and {"dtype", "device", "data_source"} <= set(agg.columns)
-    assert "35.00 ± 1.00 (n=3)" in summarize(built)
+    assert "35.00 ± 1.000 (n=3)" in summarize(built)
 
 
 def test_paired_table_matches_independent_computation(built):
@@ -129,10 +130,11 @@ def test_paired_table_matches_independent_computation(built):
     assert acc["mean_diff"].iloc[0] == pytest.approx(10.0)            # accuracies in %
     md = (built / "report" / "tables" / "paired_tiny-llama__smoke__s64__w4.md").read_text()
     line = next(x for x in md.splitlines() if "| magnitude" in x and "| wanda" in x and "wikitext2" in x)
-    assert [c.strip() for c in line.split("|")[7:-1]] == ["1", "16.000", "n/a", "n/a", "n/a"]
+    assert [c.strip() for c in line.split("|")[7:-1]] == ["1", "16.00", "n/a", "n/a", "n/a"]
     report = (built / "report" / "report.md").read_text()
     assert "A difference whose interval includes 0 is not a result" in report
-    assert f"[{diffs.mean() - half:.3f}, {diffs.mean() + half:.3f}]" in report
+    assert (diffs.mean() - half, diffs.mean() + half) == (pytest.approx(-7.3027, abs=1e-4), pytest.approx(1.3027, abs=1e-4))
+    assert "[-7.303, 1.303]" in report  # 4 significant digits, as every number of the report
 
 
 def _containers(fig) -> list:
@@ -189,16 +191,20 @@ def test_fallbacks_none_and_old_store_without_new_keys(tmp_path):
 
 
 def test_mixed_old_and_new_runs_split_and_duplicate_notes(tmp_path):
-    """A varying device splits rows (label shows it); the same message of two runs is listed once with 2 runs."""
+    """A varying device splits rows (label shows it); the same message of two runs is listed once with 2 runs;
+    ptb, unavailable in both runs, has no column and its message is given once (under the table only)."""
     r = tmp_path / "r"
-    _write(r, "wanda", 0, [_ppl(35.0), ("ptb", "ppl", math.nan, "unavailable", "ptb: not found")])
-    rid = _write(r, "wanda", 1, [_ppl(36.0), ("ptb", "ppl", math.nan, "unavailable", "ptb: not found")])
-    metrics = pd.read_csv(store.run_dir(r, rid) / "metrics.csv").assign(device="cuda")
+    lost = ("c4", "ppl", math.nan, "nan", "c4: non-finite loss")
+    _write(r, "wanda", 0, [_ppl(35.0), ("ptb", "ppl", math.nan, "unavailable", "ptb: not found"), lost])
+    rid = _write(r, "wanda", 1, [_ppl(36.0), ("ptb", "ppl", math.nan, "unavailable", "ptb: not found"), lost])
+    metrics = pd.read_csv(store.run_dir(r, rid) / "metrics.csv", keep_default_na=False).assign(device="cuda")
     store.write_csv(store.run_dir(r, rid) / "metrics.csv", metrics.to_dict("records"), COLUMNS)
     text = build_report(r).read_text()
-    assert "| wanda device=cpu  | **35.00**       | unavailable |" in text
-    assert "| wanda device=cuda | 36.00           | unavailable |" in text
-    assert text.count("ptb: not found") == 1 and "unavailable (2 runs" in text
+    assert "| wanda device=cpu  | **35.00**       | nan      |" in text
+    assert "| wanda device=cuda | 36.00           | nan      |" in text and "0.5 ptb" not in text
+    assert text.count("c4: non-finite loss") == 1 and "- nan (2 runs: " in text  # one note for both runs
+    assert text.count("ptb: not found") == 1
+    assert "- `ptb` is left out of the table and plots: unavailable in every run (ptb: not found)." in text
 
 
 def test_compare_label_rules(built, tmp_path):
@@ -209,7 +215,7 @@ def test_compare_label_rules(built, tmp_path):
     pairs = compare(load_store(built).metrics, load_published(ref))
     assert sorted(pairs["pruner"]) == ["sparsellm", "sparsellm_released"]
     row = pairs.set_index("pruner").loc["sparsellm_released"]
-    assert row["ours"] == "46.00 ± 1.00 (n=3)" and row["ratio"] == f"{46 / 30:.3f}"
+    assert row["ours"] == "46.00 ± 1.000 (n=3)" and row["ratio"] == "1.533" and f"{46 / 30:.4f}" == "1.5333"
 
 
 # ---- determinism: same seed, same settings -> identical numbers and masks, bit for bit, on the CPU ----

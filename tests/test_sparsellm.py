@@ -25,12 +25,8 @@ HIDDEN, D_FF, TOKENS = 32, 64, 512
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run fastest (and most reproducibly) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one thread (conftest.one_thread)."""
 
 
 def correlated_inputs(seed=0, tokens=TOKENS, hidden=HIDDEN):
