@@ -150,6 +150,8 @@ def test_two_identical_sweeps_at_once_compute_each_run_once(tmp_path):
     for pid, out in zip((procs[0].pid, procs[1].pid), outs):  # the manifest names the sweep that computed it
         assert {r for r, w in writers.items() if w == pid} == set(_computed(out))
     assert not list(results.glob("runs/*/.claim*")) and not list(results.glob("runs/*/.*.tmp*"))
+    logs = list((results / "hydra").glob("multirun-*"))  # each sweep logs into its own folder
+    assert len(logs) == 2 and {p.name.rsplit("-", 1)[1] for p in logs} == {str(procs[0].pid), str(procs[1].pid)}
 
 
 @needs_data
