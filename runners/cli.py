@@ -9,7 +9,7 @@ from pruners.pattern import SparsityPattern
 from .engine import resolve_layers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "pruner", "protocol", "experiment")
+GROUPS = ("model", "pruner", "protocol", "experiment", "allocation")
 
 
 def choices(group: str) -> list[str]:

@@ -265,16 +265,70 @@ class PruneReport:
 
 
 @torch.no_grad()
+def dense_measures(blocks, adapter: FamilyAdapter, batches: list[Batch], selected: set[int], device: str,
+                   allocation) -> dict[int, float]:
+    """One pass of the calibration inputs through the dense model: ``allocation.measure`` of every
+    selected block from its Linears' weights and input norms (for OWL: the outlier ratio)."""
+    from pruners.wanda import InputNorms
+
+    measures = {}
+    for i in progress(range(max(selected) + 1), "dense pass (allocation)"):
+        block = blocks[i].to(device)
+        if i in selected:
+            run = BlockRun(i, block, SparsityPattern(0.0), adapter.linears(block), adapter.linear_groups(block),
+                           adapter.mlp, batches, need_dense=False)
+            stats, handles = run._stat_hooks(InputNorms, list(run.linears), stop_early=False)
+            try:
+                outputs = run_block(block, batches)
+            finally:
+                for h in handles:
+                    h.remove()
+            measures[i] = allocation.measure({n: l.weight.data for n, l in run.linears.items()},
+                                             {n: stats[n].norms() for n in run.linears})
+        else:
+            outputs = run_block(block, batches)
+        batches = [Batch(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]
+        if device != "cpu":
+            block.to("cpu")
+    return measures
+
+
+def block_patterns(blocks, adapter: FamilyAdapter, pattern: SparsityPattern, selected: set[int], allocation,
+                   batches: list[Batch] | None, device: str):
+    """``(pattern of every selected block, the allocation's measure of each or None)`` under
+    ``allocation`` (None: the same ``pattern`` everywhere)."""
+    if allocation is None or not selected:
+        return {i: pattern for i in selected}, None
+    sizes = {i: sum(l.weight.numel() for l in adapter.linears(blocks[i]).values()) for i in selected}
+    measures = dense_measures(blocks, adapter, batches, selected, device, allocation) \
+        if allocation.needs_calibration else None
+    return allocation.block_patterns(pattern, sizes, measures), measures
+
+
+@torch.no_grad()
 def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, pattern: SparsityPattern,
                 calib_tokens: torch.Tensor | None, layers: list[int], device: str,
-                batch_size: int = 1, diagnostics: bool = True) -> PruneReport:
-    """Prune the selected ``layers`` of ``model`` in place, block by block; return the report."""
+                batch_size: int = 1, diagnostics: bool = True, allocation=None) -> PruneReport:
+    """Prune the selected ``layers`` of ``model`` in place, block by block; return the report.
+
+    ``allocation`` (pruners/allocation.py; None: uniform) gives each block its own sparsity; one
+    that needs calibration data first runs a dense pass over it."""
     blocks = adapter.blocks(model)
-    need_inputs = pruner.needs_calibration or diagnostics
+    alloc_data = allocation is not None and allocation.needs_calibration
+    need_inputs = pruner.needs_calibration or diagnostics or alloc_data
     if need_inputs and calib_tokens is None:
         raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
     batches = capture_block_inputs(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
     selected, report = set(layers), PruneReport()
+    patterns, measures = block_patterns(blocks, adapter, pattern, selected, allocation, batches, device) \
+        if allocation is not None else ({i: pattern for i in selected}, None)
+    if allocation is not None:
+        for i in sorted(selected):
+            report.blocks.append({"block": i, "metric": "target_sparsity", "step": None, "value": patterns[i].ratio})
+            if measures:
+                report.blocks.append({"block": i, "metric": "outlier_ratio", "step": None, "value": measures[i]})
+    if not (pruner.needs_calibration or diagnostics):
+        batches = None  # only the allocation's dense pass needed them
     last = max(selected, default=-1)
     for i in progress(range(last + 1), "prune blocks"):
         block = blocks[i].to(device)
@@ -282,8 +336,8 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
             outputs = run_block(block, batches) if batches is not None else None
         else:
             start = time.perf_counter()
-            run = BlockRun(i, block, pattern, adapter.linears(block), adapter.linear_groups(block), adapter.mlp,
-                           batches or [], need_dense=diagnostics)
+            run = BlockRun(i, block, patterns[i], adapter.linears(block), adapter.linear_groups(block),
+                           adapter.mlp, batches or [], need_dense=diagnostics)
             if diagnostics and not pruner.needs_calibration:
                 run._run()
             with fallbacks.collecting() as events:
@@ -309,6 +363,10 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
                     "shape": "x".join(map(str, linear.weight.shape)), "zeros": zeros,
                     "numel": linear.weight.numel(), "sparsity": zeros / linear.weight.numel(),
                     "seconds": run.linear_seconds.get(name, 0.0)})
+            if allocation is not None:  # measured block sparsity beside its target (the report's allocation table)
+                mine = [r for r in report.layers if r["block"] == i]
+                report.blocks.append({"block": i, "metric": "sparsity", "step": None,
+                                      "value": sum(r["zeros"] for r in mine) / sum(r["numel"] for r in mine)})
             del run
         if outputs is not None:
             batches = [Batch(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]

@@ -55,6 +55,16 @@ class Run:
     device: str
     dtype: str
     eval_sources: dict
+    allocation: object = None  # pruners/allocation.py object; None: uniform
+
+    @property
+    def allocates(self) -> bool:
+        """True when blocks get their own sparsities (any allocation but uniform)."""
+        return self.allocation is not None and self.allocation.name != "uniform" and not self.is_dense
+
+    def needs_calibration(self, pruner) -> bool:
+        """The pruner, or the allocation's dense pass, reads calibration data."""
+        return pruner.needs_calibration or (self.allocates and self.allocation.needs_calibration)
 
     @property
     def is_dense(self) -> bool:
@@ -81,7 +91,7 @@ class Run:
 
     def calibration(self, pruner) -> dict | None:
         """The calibration part of the identity (None when the pruner reads no calibration data)."""
-        if self.is_dense or not pruner.needs_calibration:
+        if self.is_dense or not self.needs_calibration(pruner):
             return None
         c = self.cfg.calib
         return {"dataset": str(c.dataset), "nsamples": self.calib_nsamples(pruner), "seqlen": int(c.seqlen),
@@ -89,7 +99,10 @@ class Run:
 
     def label(self, pruner) -> str:
         """Pruner label of tables and run ids (e.g. ``sparsellm+keep_best``)."""
-        return "dense" if self.is_dense else str(getattr(pruner, "label", self.pruner_cfg["name"]))
+        if self.is_dense:
+            return "dense"
+        label = str(getattr(pruner, "label", self.pruner_cfg["name"]))
+        return f"{label}+{self.allocation.name}" if self.allocates else label
 
     def key(self, pruner) -> dict:
         """Everything that changes this run's numbers (hashed into the run id)."""
@@ -102,9 +115,12 @@ class Run:
         if self.is_dense:
             return {**key, "pruner": {"name": "dense"}, "label": "dense", "sparsity": "0", "layers": "none",
                     "calib": None}
-        return {**key, "pruner": self.pruner_cfg, "label": self.label(pruner), "sparsity": self.pattern.label,
-                "ratio": self.pattern.ratio, "layers": layers_label(self.layers), "calib": self.calibration(pruner),
-                "prune_batch_size": int(c.prune.batch_size)}
+        key = {**key, "pruner": self.pruner_cfg, "label": self.label(pruner), "sparsity": self.pattern.label,
+               "ratio": self.pattern.ratio, "layers": layers_label(self.layers), "calib": self.calibration(pruner),
+               "prune_batch_size": int(c.prune.batch_size)}
+        if self.allocates:  # uniform adds nothing, so the run ids of earlier stores stay valid
+            key["allocation"] = OmegaConf.to_container(c.allocation, resolve=True)
+        return key
 
     def dense(self) -> "Run":
         """The dense baseline run of the same model and evaluation protocol."""
@@ -158,4 +174,11 @@ def prepare(cfg: DictConfig) -> Run:
     calibration_source(cfg.calib.dataset, local_dir)  # stops here, before any load, when the pool is missing
     sources = {name: eval_source(name, local_dir) for name in names}
     dtype = DTYPE_NAMES[resolve_dtype(model.dtype, device)]
-    return Run(cfg, model, pruner_cfg, pattern, layers, device, dtype, sources)
+    allocation = None
+    if cfg.get("allocation") is not None:
+        from hydra.utils import instantiate
+
+        allocation = instantiate(cfg.allocation)
+        if pruner_cfg.get("name") != "dense":
+            allocation.check(pattern)
+    return Run(cfg, model, pruner_cfg, pattern, layers, device, dtype, sources, allocation)

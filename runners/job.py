@@ -186,7 +186,7 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
     torch.manual_seed(int(cfg.seed))
     try:
         calib = None
-        if not run.is_dense and (pruner.needs_calibration or cfg.prune.diagnostics):
+        if not run.is_dense and (run.needs_calibration(pruner) or cfg.prune.diagnostics):
             # The pool is read before the model loads: data that cannot be had fails in seconds.
             from eval.calibration import pool_documents
 
@@ -201,7 +201,7 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         _write_dense(run.dense(), model, tokenizer)
         model.to("cpu")
         layers = resolve_layers(run.layers, len(adapter.blocks(model)))
-        if pruner.needs_calibration or cfg.prune.diagnostics:
+        if run.needs_calibration(pruner) or cfg.prune.diagnostics:
             start = time.perf_counter()
             got = calibration_tokens(tokenizer, cfg.calib.dataset, cfg.data.local_dir, run.calib_nsamples(pruner),
                                      cfg.calib.seqlen, int(cfg.seed), cfg.cache_dir)
@@ -210,7 +210,8 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         start = time.perf_counter()
         with provenance.PeakMemory(run.device) as mem:
             report = prune_model(model, adapter, pruner, run.pattern, calib, layers, run.device,
-                                 cfg.prune.batch_size, bool(cfg.prune.diagnostics))
+                                 cfg.prune.batch_size, bool(cfg.prune.diagnostics),
+                                 run.allocation if run.allocates else None)
         times["prune"], memory["prune"] = time.perf_counter() - start, mem.summary()
         extra["fallbacks"] = {"total": sum(report.fallbacks.values()), "by_kind": report.fallbacks}
         if report.fallbacks:

@@ -253,12 +253,24 @@ def check_files(cfg: DictConfig) -> None:
     _writable("cache_dir", str(cfg.cache_dir))
 
 
+def check_allocation(cfg: DictConfig) -> None:
+    """``allocation=owl`` spreads unstructured sparsity only: an N:M sparsity is rejected here."""
+    name = _select(cfg, "allocation.name")
+    if name in (None, "uniform") or _select(cfg, "pruner.name") == "dense":
+        return
+    pattern = SparsityPattern.parse(cfg.sparsity)
+    if pattern.is_nm:
+        raise Invalid(f"allocation={name} cannot be combined with sparsity={pattern.label}: N:M fixes the sparsity "
+                      "of every group; accepted allocation=uniform with N:M, or a fraction such as 0.7")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check of one composed run (raises a one-line ValueError)."""
     from .job import resolve
 
     check_keys(cfg)
     check_pruner(cfg)
+    check_allocation(cfg)
     run, _pruner, _key = resolve(cfg)
     check_shapes(cfg, run)
     check_files(cfg)
