@@ -26,6 +26,7 @@ from . import plots
 from .aggregate import long_table, paired_differences, paired_text
 from .compare import REFERENCE, compare, comparison_table, load_published, nearest_published
 from .formatting import unavailable_everywhere, vocab_size
+from .leaderboard import allocation_section, leaderboard_section
 from .report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
 from .store import atomic_write_text, load_metrics, read_manifest
 from .tables import (GROUP, VARYING, Table, normalize, notes_markdown, ppl_grid, ppl_table, sparsity_label,
@@ -217,7 +218,8 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
                 "### Perplexity", "",
                 _write_table(ppl_grid(frame, f"Perplexity: {title}"), tables, f"ppl__{slug}", shown),
                 _plot(plots.ppl_vs_sparsity(frame, f"Perplexity vs sparsity: {title}"), plot_dir, f"ppl__{slug}",
-                      "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title)]
+                      "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title),
+                *leaderboard_section(frame, store.manifests)]
         for metric in ("acc", "acc_norm"):
             table = zeroshot_grid(frame, metric, f"Zero-shot {metric} (%): {title}")
             if table is not None:
@@ -257,6 +259,7 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
             if not near.empty:
                 doc.append(_write_table(comparison_table(near, "Nearest published points"), tables,
                                         "comparison_nearest"))
+    doc += allocation_section(results_dir, store.metrics)
     doc += fallback_section(store.metrics, store.manifests, store.fallbacks)
     notes = note_lines(without_dropped(store.metrics))
     if notes:
