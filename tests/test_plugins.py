@@ -3,6 +3,7 @@ example ``examples/llm-prune-random`` installed with pip, run in a sweep, and a 
 one-line error."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,7 +31,9 @@ def plugin_path(tmp_path_factory):
     target = tmp_path_factory.mktemp("plugin")
     build = tmp_path_factory.mktemp("plugin-src")
     subprocess.run(["cp", "-r", str(EXAMPLE), str(build)], check=True)  # the build writes beside its sources
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+    # the environment's setuptools when it has one (no index needed), else pip's isolated build
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *offline,
                     "--target", str(target), str(build / EXAMPLE.name)], check=True)
     sys.path.insert(0, str(target))
     yield target
