@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.calibration import calibration_tokens
 from eval.datasets import DatasetUnavailable, eval_tokens
+from eval.blockwise import blockwise_perplexity, use_blockwise
 from eval.perplexity import perplexity
 
 from . import claims, provenance, store
@@ -52,7 +53,11 @@ def _rows(run: Run, key: dict, rid: str, results: list[dict]) -> list[dict]:
 def evaluate(model, tokenizer, run: Run) -> list[dict]:
     """Perplexity per dataset (plus zero-shot tasks when asked); unavailable data is a row, not a crash."""
     c, rows = run.cfg, []
-    model.to(run.device)
+    blockwise = use_blockwise(c.eval.get("blockwise", "auto"), model, run.device)
+    if blockwise:
+        log.info("perplexity block by block (eval.blockwise=%s): the weights stay in CPU memory", c.eval.get("blockwise"))
+    else:
+        model.to(run.device)
     for name in c.eval.datasets:
         try:
             ids = eval_tokens(name, tokenizer, c.data.local_dir, c.eval.seqlen, c.cache_dir)
@@ -61,7 +66,11 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
             rows.append({"dataset": name, "metric": "ppl", "value": float("nan"), "status": "unavailable",
                          "message": str(err)})
             continue
-        ppl = perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size, f"{name} perplexity")
+        if blockwise:
+            ppl = blockwise_perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size)
+        else:
+            ppl = perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size,
+                             f"{name} perplexity")
         status = "ok" if math.isfinite(ppl) else "nan"
         log.info("%s perplexity %.4g", name, ppl)
         rows.append({"dataset": name, "metric": "ppl", "value": ppl, "status": status, "message": ""})

@@ -59,6 +59,10 @@ def _str_or_null(value):
     return None if value is None or isinstance(value, str) else "a text or null"
 
 
+def _blockwise(value):
+    return None if isinstance(value, bool) or value == "auto" else "auto, true or false"
+
+
 def _names(value):
     if not isinstance(value, (list, ListConfig)) or not value:
         return "a non-empty list such as [wikitext2,ptb]"
@@ -95,6 +99,7 @@ CHECKS = {
     "eval.seqlen": _int(2),
     "eval.max_windows": _int(1, nullable=True),
     "eval.batch_size": _int(1),
+    "eval.blockwise": _blockwise,
     "eval.datasets": _names,
     "eval.zeroshot.tasks": _tasks,
     "eval.zeroshot.limit": _limit,

@@ -1,0 +1,102 @@
+"""Perplexity computed block by block, for models larger than the device.
+
+The weights stay in CPU memory; the windows' hidden states are carried across the decoder
+blocks, one block on the device at a time (the engine's own capture/run machinery), then the
+final norm and lm_head turn them into logits and the same loss as ``eval.perplexity``.
+The number equals the whole-model forward up to float rounding (tested to 1e-5 relative).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runners.adapters import adapter_for
+from runners.engine import Batch, capture_block_inputs, run_block
+
+from .perplexity import windows
+
+SETTINGS = ("auto", "true", "false")
+
+
+def check_setting(value) -> bool | str:
+    """``eval.blockwise`` as True, False or ``'auto'``; a bad value is a one-line error."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ValueError(f"eval.blockwise={value!r} is not valid: accepted auto, true, false")
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def device_free_bytes(device: str) -> int:
+    """Free memory of ``device``: the accelerator's free memory, or the host's available memory
+    on the CPU (where the model already lives, so whole-model evaluation needs nothing more)."""
+    if str(device).startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def use_blockwise(setting, model: nn.Module, device: str) -> bool:
+    """Whether to evaluate block by block. ``auto``: only when the model does not fit on the device.
+
+    On the CPU the model is already in host memory, so ``auto`` is whole-model there; on an
+    accelerator the model needs its own bytes plus a margin (a fifth, for activations and logits).
+    """
+    setting = check_setting(setting)
+    if setting != "auto":
+        return setting
+    if str(device) == "cpu":
+        return False
+    return model_bytes(model) * 1.2 > device_free_bytes(device)
+
+
+@torch.no_grad()
+def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str,
+                            batch_size: int = 1) -> torch.Tensor:
+    """Mean next-token cross-entropy of every window (float32), one block on ``device`` at a time.
+
+    Hidden states between blocks are kept on the CPU so the device holds one block and one
+    batch's activations; the model ends on the CPU.
+    """
+    adapter = adapter_for(model)
+    inputs = capture_block_inputs(model, adapter, batches, device, batch_size=batch_size)
+    states = [Batch(b.hidden.cpu(), b.args, b.kwargs) for b in inputs]
+    for block in adapter.blocks(model):
+        block.to(device)
+        moved = [Batch(s.hidden.to(device), s.args, s.kwargs) for s in states]
+        states = [Batch(o.cpu(), s.args, s.kwargs) for o, s in zip(run_block(block, moved), states)]
+        if device != "cpu":
+            block.to("cpu")
+    head = adapter.head(model)
+    for module in head:
+        module.to(device)
+    losses = []
+    for start, state in zip(range(0, len(batches), batch_size), states):
+        hidden = state.hidden.to(device)
+        for module in head:
+            hidden = module(hidden)
+        x = batches[start : start + batch_size].to(device)
+        shift = hidden[:, :-1].float()
+        loss = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+        losses.append(loss.view(x.shape[0], -1).mean(1).cpu())
+    if device != "cpu":
+        for module in head:
+            module.to("cpu")
+    return torch.cat(losses)
+
+
+def blockwise_perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, device: str,
+                         max_windows: int | None = None, batch_size: int = 1) -> float:
+    """Perplexity of ``model`` on token ids (1 x n), block by block; same windows as ``perplexity``."""
+    losses = blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size)
+    mean = losses.double().mean().item()
+    return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))
