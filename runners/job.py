@@ -28,6 +28,7 @@ from .adapters import adapter_for
 from .engine import prune_model, resolve_layers
 from .identity import Run, data_source_label, prepare, run_id
 from .models import load_model
+from .save import is_saved, model_folder, save_model, wants_model
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,28 @@ def _retry_failed(cfg: DictConfig) -> bool:
     return bool(cfg.get("retry_failed", False))
 
 
-def _claim(folder: Path, cfg: DictConfig, quiet: bool = False) -> claims.Claim | None:
+def _done(folder: Path, cfg: DictConfig, want_model: bool) -> bool:
+    """Stored and complete; with ``save.model=true`` an ok run without its saved model is not done
+    (it is computed again so that the model exists: the numbers it stores are the same)."""
+    if not store.is_done(folder, _retry_failed(cfg)):
+        return False
+    if want_model:
+        manifest = store.read_manifest(folder) or {}
+        saved = manifest.get("saved_model")
+        if manifest.get("status") == "ok" and not (saved and is_saved(Path(saved))):
+            log.info("run %s is stored without its model (save.model=true): computing it again", folder.name)
+            return False
+    return True
+
+
+def _claim(folder: Path, cfg: DictConfig, quiet: bool = False, want_model: bool = False) -> claims.Claim | None:
     """Claim a run that is not done; None (after one log line) when it is done or another job holds it.
     A damaged run is logged in one line and its old files are removed: it is computed again.
     ``quiet``: no line for a run that is simply done (the dense baseline, checked by every job)."""
     state, reason = store.check_run(folder)
     if state == store.DAMAGED:
         store.warn_damaged(folder, reason, "computing it again")
-    elif store.is_done(folder, _retry_failed(cfg)):
+    elif _done(folder, cfg, want_model):
         (log.debug if quiet else log.info)("skip %s: already in %s", folder.name, folder.parent)
         claims.remove_if_stale(folder)
         return None
@@ -125,7 +140,7 @@ def _claim(folder: Path, cfg: DictConfig, quiet: bool = False) -> claims.Claim |
         log.info("skip %s: claimed by another job (%s)", folder.name,
                  claims.describe(claims.read_claim(folder) or {}))
         return None
-    if store.is_done(folder, _retry_failed(cfg)):  # finished by another job between our check and the claim
+    if _done(folder, cfg, want_model):  # finished by another job between our check and the claim
         claim.release()
         log.info("skip %s: finished by another job", folder.name)
         return None
@@ -179,7 +194,7 @@ def run_job(cfg: DictConfig) -> str:
     rid = run_id(key)
     folder = store.run_dir(cfg.results.dir, rid)
     store.remove_temp_files(cfg.results.dir)  # leftovers of killed writers (a live writer's are kept)
-    claim = _claim(folder, cfg)
+    claim = _claim(folder, cfg, want_model=wants_model(cfg) and not run.is_dense)
     if claim is None:
         manifest = store.read_manifest(folder)
         return f"skipped:{manifest['status'] if manifest else 'claimed'}"
@@ -235,6 +250,11 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
             rows = evaluate(model, tokenizer, run)
         times["eval"], memory["eval"] = time.perf_counter() - start, mem.summary()
         status = _status(rows)
+        if wants_model(cfg):
+            start = time.perf_counter()
+            extra["saved_model"] = str(save_model(model, tokenizer, model_folder(cfg, folder, rid)).resolve())
+            times["save"] = time.perf_counter() - start
+            log.info("run %s: pruned model saved in %s", rid, extra["saved_model"])
     except Exception as err:  # recorded as this run's status; the sweep goes on
         status = _failure(err)
         log.error("run %s failed (%s): %s", rid, status, err)

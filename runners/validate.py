@@ -106,6 +106,8 @@ CHECKS = {
     "prune.diagnostics": _bool,
     "prune.batch_size": _int(1),
     "data.local_dir": _str_or_null,
+    "save.model": _bool,
+    "save.dir": _str_or_null,
     "model.name_or_path": _str_or_null,
 }
 
