@@ -25,7 +25,7 @@ from eval.datasets import check_dataset_names, eval_source
 from pruners.pattern import SparsityPattern
 
 from .engine import resolve_layers
-from .models import ModelSpec, resolve_dtype
+from .models import ModelSpec, folder_fingerprint, resolve_dtype
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -115,6 +115,12 @@ class Run:
         ev["sources"] = {name: _content(src) for name, src in self.eval_sources.items()}
         model = {"name": self.model.name, "source": self.model.source, "path": self.model.name_or_path,
                  "family": self.model.family, "dtype": self.dtype, "tiny": self.model.tiny}
+        if self.model.source == "hub" and Path(str(self.model.name_or_path)).is_dir():
+            # A local folder is identified by its content (config + weights), so moving or
+            # copying it keeps its runs, and overwriting it with other weights does not.
+            model["path"], model["content"] = None, folder_fingerprint(self.model.name_or_path)
+            if model["name"] == self.model.name_or_path:  # the default name (the path): its last part
+                model["name"] = Path(str(self.model.name_or_path)).name
         key = {"model": model, "device": self.device_kind, "eval": ev, "seed": self.seed}
         if self.is_dense:
             return {**key, "pruner": {"name": "dense"}, "label": "dense", "sparsity": "0", "layers": "none",

@@ -48,6 +48,33 @@ class ModelSpec:
             raise ValueError(f"model.dtype={self.dtype!r} is not valid: accepted auto, {', '.join(DTYPES)}")
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over a local model folder's ``config.json`` and weight files (safetensors, or
+    ``*.bin`` when there are none): the folder's content identifies the run, not where it lies.
+    Each file's digest is cached in this process by (path, size, mtime), so a sweep hashes once."""
+    import hashlib
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not (folder / "config.json").exists() or not files:
+        raise FileNotFoundError(f"model.name_or_path={str(folder)!r} is a folder without config.json and weights")
+    total = hashlib.sha256()
+    for path in [folder / "config.json", *files]:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _FINGERPRINTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+            _FINGERPRINTS[key] = digest.hexdigest()
+        total.update(f"{path.name}:{_FINGERPRINTS[key]}\n".encode())
+    return total.hexdigest()
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto`` means float32 on the CPU and float16 on an accelerator, as in the papers."""
     if dtype == "auto":
@@ -126,7 +153,8 @@ def load_tokenizer(spec: ModelSpec, cache_dir: str, local_dir: str | None):
             # transformers 5 names these vocab=/merges=; the old vocab_file= silently gives an empty vocabulary.
             return GPT2TokenizerFast(vocab=str(folder / "encoder.json"), merges=str(folder / "vocab.bpe"))
         return AutoTokenizer.from_pretrained("facebook/opt-125m")
-    return AutoTokenizer.from_pretrained(spec.name_or_path, use_fast=True)
+    return AutoTokenizer.from_pretrained(spec.name_or_path, use_fast=True,
+                                         local_files_only=Path(str(spec.name_or_path)).is_dir())
 
 
 def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str | None = None, seed: int = 0):
@@ -146,7 +174,10 @@ def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str |
         model = _tiny_model(spec, seed).to(dtype)
     else:
         path = embedded_folder(cache_dir) if spec.source == "embedded" else spec.name_or_path
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        # A folder is read as it is: no hub lookup at all (offline machines, exact content).
+        local = Path(str(path)).is_dir()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                     local_files_only=local)
     model.eval()
     model.config.use_cache = False
     return model, load_tokenizer(spec, cache_dir, local_dir)
