@@ -73,3 +73,32 @@ def test_save_dir_and_bad_values(tmp_path, cache_dir):
     assert [p.name for p in target.iterdir()] and (next(target.iterdir()) / "config.json").exists()
     problem = validate(["model=tiny-opt", "save.model=sometimes"])
     assert problem and "save.model='sometimes' is not valid: accepted true or false" in problem
+
+
+@pytest.mark.slow
+def test_saved_smollm2_reloads_with_identical_perplexity_and_zeros(tmp_path, cache_dir):
+    """Embedded SmolLM2 (from GGUF), magnitude 50%, smoke protocol: the saved folder (tokenizer included)
+    reloads to the stored perplexity and the recorded zero counts, and model=hub on that folder (offline) gives the same number."""
+    cfg = _cfg(tmp_path, cache_dir, "model=smollm2-135m", "pruner=magnitude", "prune.diagnostics=false",
+               "save.model=true")
+    assert run_job(cfg) == "ok"
+    folder = tmp_path / "store" / "runs" / run_id(resolve(cfg)[2])
+    saved = read_manifest(folder)["saved_model"]
+    reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(saved, local_files_only=True)
+    ids = eval_tokens("wikitext2", tokenizer, str(data_dir()), 64, cache_dir)
+    metrics = load_metrics(tmp_path / "store")
+    stored = float(metrics[metrics.pruner == "magnitude"]["value"].iloc[0])
+    assert perplexity(reloaded, ids, 64, "cpu", max_windows=4, batch_size=4) == pytest.approx(stored, rel=1e-5)
+    layers = {r["name"]: int(r["zeros"]) for r in _layer_rows(folder)}
+    assert {n: int((reloaded.get_submodule(n).weight == 0).sum()) for n in layers} == layers
+    # The same folder as model=hub (offline, local_files_only): its dense run is the pruned model's number.
+    hub = tmp_path / "hub"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hub_cfg = compose(config_name="config", overrides=[
+            f"data.local_dir={data_dir()}", "protocol=smoke", "pruner=dense", "eval.datasets=[wikitext2]",
+            "model=hub", f"model.name_or_path={saved}", "model.dtype=float32", f"results.dir={hub}",
+            f"cache_dir={cache_dir}"])
+    assert run_job(hub_cfg) == "ok"
+    hub_metrics = load_metrics(hub)
+    assert float(hub_metrics[hub_metrics.pruner == "dense"]["value"].iloc[0]) == pytest.approx(stored, rel=1e-5)
