@@ -100,3 +100,22 @@ def blockwise_perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, devic
     losses = blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size)
     mean = losses.double().mean().item()
     return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))
+
+
+def offload_device_map(model: nn.Module, device_bytes: int, host_bytes: int) -> dict:
+    """accelerate's device map for a model larger than the accelerator (zero-shot under lm-eval):
+    whole decoder blocks on GPU 0 up to ``device_bytes``, the rest in CPU memory (never a block split)."""
+    from accelerate import infer_auto_device_map
+
+    block = type(adapter_for(model).blocks(model)[0]).__name__
+    return infer_auto_device_map(model, max_memory={0: int(device_bytes), "cpu": int(host_bytes)},
+                                 no_split_module_classes=[block], dtype=next(model.parameters()).dtype)
+
+
+def dispatch_for_zeroshot(model: nn.Module, device: str) -> nn.Module:
+    """Spread ``model`` over the accelerator and CPU memory with ``accelerate.dispatch_model``
+    (4/5 of the free accelerator memory, leaving room for activations); lm-eval then runs it as is."""
+    from accelerate import dispatch_model
+
+    device_map = offload_device_map(model, device_free_bytes(device) * 0.8, device_free_bytes("cpu"))
+    return dispatch_model(model, device_map=device_map, main_device=device)

@@ -258,7 +258,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
         log.warning(msg)
     results: dict[str, dict] = {}  # keyed by the requested (hub) task name
     if built:
-        if device and torch.device(device) != model.device:
+        if device and torch.device(device) != model.device and not getattr(model, "hf_device_map", None):
             # HFLM ignores `device` for a pre-built model and uses model.device.
             model.to(device)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)

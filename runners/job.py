@@ -79,6 +79,10 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
     if tasks:
         from eval.zeroshot import evaluate_zeroshot
 
+        if blockwise and run.device != "cpu":  # larger than the device: accelerate's offload under lm-eval
+            from eval.blockwise import dispatch_for_zeroshot
+
+            model = dispatch_for_zeroshot(model, run.device)
         rows += evaluate_zeroshot(model, tokenizer, tasks, c.eval.zeroshot.limit, c.data.local_dir, run.device,
                                   cache_dir=str(Path(c.cache_dir).expanduser() / "zeroshot"))
     return rows

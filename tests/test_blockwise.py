@@ -93,3 +93,17 @@ def test_run_job_blockwise_stores_the_same_perplexity(tmp_path, cache_dir):
     assert [p for p, _ in values["true"]] == ["dense", "wanda"]
     for (_, a), (_, b) in zip(values["false"], values["true"]):
         assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_offload_device_map_keeps_blocks_whole():
+    """Zero-shot offload (wiring only: no GPU here): with room for about two blocks on GPU 0,
+    accelerate's map puts whole blocks there and the rest in CPU memory."""
+    from eval.blockwise import model_bytes, offload_device_map
+
+    model = tiny_model("tiny-llama")
+    block_bytes = model_bytes(model.model.layers[0])
+    device_map = offload_device_map(model, 2.5 * block_bytes, 10 * model_bytes(model))
+    assert set(device_map.values()) <= {0, "cpu"} and "cpu" in device_map.values()
+    for i in range(len(model.model.layers)):  # never split inside a block
+        assert not any(k.startswith(f"model.layers.{i}.") for k in device_map)
+    assert offload_device_map(model, 10 * model_bytes(model), 10 * model_bytes(model)) == {"": 0}
