@@ -23,6 +23,33 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "tasks"
+
+# lm-eval warnings that describe exactly what this harness asks for, logged for every run and
+# task: an in-memory model passed as ``pretrained`` (on purpose: the pruned weights are not on
+# disk), 0-shot replacing the task's default (the protocol is 0-shot), and acc/acc_norm taking
+# lm-eval's default aggregation (mean) and direction (higher is better), which are the right
+# ones. Only these are dropped; every other lm-eval warning still reaches the log.
+HARMLESS_LM_EVAL = re.compile(
+    r"`pretrained` model kwarg is not of type `str`"
+    r"|Passed an already-initialized model through `pretrained`"
+    r"|Overwriting default num_fewshot of \S+ from None to 0$"
+    r"|metric acc(_norm)? is defined, but (higher_is_better|aggregation) is not")
+LM_EVAL_LOGGERS = ("lm_eval.models.huggingface", "lm_eval.evaluator", "lm_eval.api.task")
+
+
+class HarmlessLmEvalWarnings(logging.Filter):
+    """Drops the lm-eval records matched by ``HARMLESS_LM_EVAL``; passes everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not HARMLESS_LM_EVAL.search(record.getMessage())
+
+
+def quiet_lm_eval() -> None:
+    """Install ``HarmlessLmEvalWarnings`` on lm-eval's loggers (once; idempotent)."""
+    for name in LM_EVAL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, HarmlessLmEvalWarnings) for f in logger.filters):
+            logger.addFilter(HarmlessLmEvalWarnings())
 DEFAULT_CACHE = Path("~/.cache/llm-prune-bench/zeroshot")
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
 
@@ -253,6 +280,7 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    quiet_lm_eval()
     built, missing, tm = _load_tasks(list(tasks), local_dir, cache_dir)
     for msg in missing.values():
         log.warning(msg)

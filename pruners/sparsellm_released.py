@@ -82,15 +82,16 @@ class DampedHessian:
         return sparsegpt_prune(weight, self.matrix, pattern, blocksize, percdamp=0.0)
 
 
-def pinv_weight(gram: torch.Tensor, cross: torch.Tensor, eps: float) -> torch.Tensor:
+def pinv_weight(gram: torch.Tensor, cross: torch.Tensor, eps: float, eig=None) -> torch.Tensor:
     """Minimum-norm least-squares weight (out x in) ``T A^+`` from ``gram = A^T A`` and
     ``cross = A^T T`` (solved in float64): the released pseudo-inverse refit, no ridge.
 
     Eigenvalues below ``n * eps * max`` are treated as 0 (torch.linalg.pinv's default rule),
     with ``eps`` the machine epsilon of the precision ``gram`` was accumulated in: below it
-    they are rounding noise, and inverting them blows the refit up.
+    they are rounding noise, and inverting them blows the refit up. ``eig``: ``eigh(gram)``
+    already at hand (``X^T X`` is fixed for the block, so it is decomposed once, not per refit).
     """
-    vals, vecs = torch.linalg.eigh(gram.double())
+    vals, vecs = eig if eig is not None else torch.linalg.eigh(gram.double())
     keep = vals > gram.shape[0] * eps * vals.max().clamp_min(0)
     inv = torch.where(keep, 1.0 / torch.where(keep, vals, torch.ones_like(vals)), torch.zeros_like(vals))
     return ((vecs * inv) @ (vecs.T @ cross.double())).T.float().contiguous()
@@ -170,6 +171,7 @@ def optimize_mlp(kind, X, Y, weights, biases, init, pattern, *, alpha, beta, gam
     # One stored Hessian per input-side Linear (released: one SparseGPT object each), kept
     # for the whole block, so its in-place damping compounds over the iterations.
     hessians = {k: DampedHessian((2.0 / tokens) * gram_x.float()) for k in keys}
+    eig_x = None  # eigh(X^T X), computed at the first refit and reused by every later one
     current = {k: weights[lin].float() for k, lin in keys.items()}
     down = weights["down"].float()
     pruned_down = None
@@ -182,8 +184,10 @@ def optimize_mlp(kind, X, Y, weights, biases, init, pattern, *, alpha, beta, gam
             if not all(bool(torch.isfinite(t).all()) for t in (ptp, ptu, *cross.values())):
                 raise FloatingPointError(f"sparsellm_released: the auxiliaries are not finite after "
                                          f"iteration {it - 1}: the released schedule diverged")
+            if eig_x is None:
+                eig_x = torch.linalg.eigh(gram_x)
             for k in keys:
-                current[k] = pinv_weight(gram_x, cross[k], EPS64)
+                current[k] = pinv_weight(gram_x, cross[k], EPS64, eig_x)
             if kind == "relu" and fc2_update == "gd":
                 down = fc2_gradient_steps(pruned_down, ptp.float(), ptu.float(), tokens, fc2_lr, fc2_steps)
             else:

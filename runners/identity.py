@@ -115,10 +115,15 @@ class Run:
         ev["sources"] = {name: _content(src) for name, src in self.eval_sources.items()}
         model = {"name": self.model.name, "source": self.model.source, "path": self.model.name_or_path,
                  "family": self.model.family, "dtype": self.dtype, "tiny": self.model.tiny}
-        if self.model.source == "hub" and Path(str(self.model.name_or_path)).is_dir():
+        folder = Path(str(self.model.name_or_path))
+        if self.model.source == "hub" and folder.is_dir() and (folder / "config.json").exists():
             # A local folder is identified by its content (config + weights), so moving or
-            # copying it keeps its runs, and overwriting it with other weights does not.
-            model["path"], model["content"] = None, folder_fingerprint(self.model.name_or_path)
+            # copying it keeps its runs, and overwriting it with other weights does not. A folder
+            # that is not a model keeps its path: loading it fails and that run records the error.
+            try:
+                model["path"], model["content"] = None, folder_fingerprint(folder)
+            except FileNotFoundError:
+                pass
             if model["name"] == self.model.name_or_path:  # the default name (the path): its last part
                 model["name"] = Path(str(self.model.name_or_path)).name
         key = {"model": model, "device": self.device_kind, "eval": ev, "seed": self.seed}

@@ -48,14 +48,14 @@ class ModelSpec:
             raise ValueError(f"model.dtype={self.dtype!r} is not valid: accepted auto, {', '.join(DTYPES)}")
 
 
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
 def folder_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over a local model folder's ``config.json`` and weight files (safetensors, or
     ``*.bin`` when there are none): the folder's content identifies the run, not where it lies.
-    Each file's digest is cached in this process by (path, size, mtime), so a sweep hashes once."""
+    Each file's digest is memoized in this process by (path, size, mtime) (``file_sha256``),
+    so a sweep hashes once."""
     import hashlib
+
+    from eval.datasets import file_sha256
 
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
@@ -63,15 +63,7 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
         raise FileNotFoundError(f"model.name_or_path={str(folder)!r} is a folder without config.json and weights")
     total = hashlib.sha256()
     for path in [folder / "config.json", *files]:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _FINGERPRINTS:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(chunk)
-            _FINGERPRINTS[key] = digest.hexdigest()
-        total.update(f"{path.name}:{_FINGERPRINTS[key]}\n".encode())
+        total.update(f"{path.name}:{file_sha256(path)}\n".encode())
     return total.hexdigest()
 
 

@@ -151,3 +151,30 @@ def test_end_to_end_tiny_llama(tmp_path, caplog):
     expect = (got[("arc_easy", "acc")]["value"] + got[("boolq", "acc")]["value"]) / 2
     assert mean["value"] == pytest.approx(expect)
     assert set(r["status"] for r in rows) <= {"ok", "unavailable"}
+
+
+def test_harmless_lm_eval_warnings_are_dropped_and_real_ones_kept(caplog):
+    """The four notices that describe what we ask for are dropped at lm-eval's loggers; any
+    other lm-eval warning (and the same logger's other records) still comes through."""
+    from eval.zeroshot import quiet_lm_eval
+
+    quiet_lm_eval()
+    quiet_lm_eval()  # idempotent: one filter per logger
+    hf = logging.getLogger("lm_eval.models.huggingface")
+    assert sum(type(f).__name__ == "HarmlessLmEvalWarnings" for f in hf.filters) == 1
+    harmless = [
+        ("lm_eval.models.huggingface", "`pretrained` model kwarg is not of type `str`. Many other model arguments may be ignored."),
+        ("lm_eval.models.huggingface", "Passed an already-initialized model through `pretrained`, assuming single-process call"),
+        ("lm_eval.evaluator", "Overwriting default num_fewshot of boolq_local from None to 0"),
+        ("lm_eval.api.task", "[Task: rte_local] metric acc is defined, but aggregation is not. using default aggregation=mean"),
+        ("lm_eval.api.task", "[Task: rte_local] metric acc_norm is defined, but higher_is_better is not. using default higher_is_better=True"),
+    ]
+    real = [
+        ("lm_eval.evaluator", "Overwriting default num_fewshot of boolq_local from 5 to 0"),  # not our 0-shot default
+        ("lm_eval.api.task", "[Task: rte_local] metric f1 is defined, but aggregation is not."),
+        ("lm_eval.models.huggingface", "Failed to get model SHA for x"),
+    ]
+    with caplog.at_level(logging.WARNING):
+        for name, msg in harmless + real:
+            logging.getLogger(name).warning(msg)
+    assert [r.getMessage() for r in caplog.records] == [msg for _, msg in real]
