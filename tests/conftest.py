@@ -20,6 +20,18 @@ def data_dir() -> Path | None:
     return None
 
 
+def compose_wanda_smoke(results, cache_dir, *overrides):
+    """Config of a Wanda 0.5 smoke run on WikiText-2 into ``results``; later overrides win."""
+    from hydra import compose, initialize_config_dir
+
+    from runners.cli import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"data.local_dir={data_dir()}", "protocol=smoke", "pruner=wanda", "sparsity=0.5",
+            "eval.datasets=[wikitext2]", f"results.dir={results}", f"cache_dir={cache_dir}", *overrides])
+
+
 @pytest.fixture(scope="session")
 def local_data() -> Path:
     """Path of the offline data folder (tests that need it skip when it is absent)."""

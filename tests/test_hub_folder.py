@@ -4,23 +4,18 @@ import shutil
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from runners.cli import CONF
 from runners.identity import run_id
 from runners.job import resolve, run_job
 from runners.models import load_model
 from runners.store import load_metrics
-from tests.conftest import TINY, data_dir
+from tests.conftest import TINY, compose_wanda_smoke, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 
 
 def _cfg(results, cache_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            f"data.local_dir={data_dir()}", "protocol=smoke", "pruner=wanda", "sparsity=0.5",
-            "eval.datasets=[wikitext2]", f"results.dir={results}", f"cache_dir={cache_dir}", *overrides])
+    return compose_wanda_smoke(results, cache_dir, *overrides)
 
 
 def _write_folder(name, folder, cache_dir):

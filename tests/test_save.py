@@ -14,16 +14,13 @@ from runners.identity import run_id
 from runners.job import resolve, run_job
 from runners.store import load_metrics, read_manifest
 from runners.validate import validate
-from tests.conftest import data_dir
+from tests.conftest import compose_wanda_smoke, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 
 
 def _cfg(tmp_path, cache_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            f"data.local_dir={data_dir()}", "protocol=smoke", "pruner=wanda", "sparsity=0.5",
-            "eval.datasets=[wikitext2]", f"results.dir={tmp_path / 'store'}", f"cache_dir={cache_dir}", *overrides])
+    return compose_wanda_smoke(tmp_path / "store", cache_dir, *overrides)
 
 
 @pytest.mark.parametrize("model", ["tiny-opt", "tiny-llama"])
