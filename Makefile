@@ -37,7 +37,7 @@ bench: install ## time each pruner against one calibration pass on SmolLM2-135M
 	$(PY) -m runners.bench $(DATA_ARG)
 
 report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")
-	$(PY) -m runners.report $(ARGS)
+	$(PY) -m runners.reporting.report $(ARGS)
 
 clean: ## remove the virtual environment and caches (keeps results/)
 	rm -rf $(VENV) .pytest_cache

@@ -30,8 +30,8 @@ def main(cfg: DictConfig) -> str:
     in the job's folder, where the end-of-sweep callback reads every job's status."""
     from hydra.core.hydra_config import HydraConfig
 
-    from runners.job import SettingsError, run_job
-    from runners.store import atomic_write_text
+    from runners.execution.job import SettingsError, run_job
+    from runners.execution.store import atomic_write_text
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
@@ -64,7 +64,7 @@ if __name__ == "__main__":
     def interrupted(_signum, _frame):
         """Ctrl-C: show what is in the store so far, then stop at once. Every store write is a
         rename, so stopping here loses nothing written; the run in flight is redone next time."""
-        from runners.report import summarize
+        from runners.reporting.report import summarize
 
         print("\ninterrupted: the runs finished so far\n", flush=True)
         print(summarize(results), flush=True)

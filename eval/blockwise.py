@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runners.adapters import adapter_for
-from runners.engine import Batch, capture_block_inputs, run_block
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import Batch, capture_block_inputs, run_block
 
 from .perplexity import windows
 

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runners.progress import progress
+from runners.execution.progress import progress
 
 
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:

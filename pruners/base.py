@@ -1,6 +1,6 @@
 """The pruner interface: block-level pruners, and the wrapper for per-Linear methods.
 
-The engine (``runners/engine.py``) walks the decoder blocks and hands each selected block to
+The engine (``runners/execution/engine.py``) walks the decoder blocks and hands each selected block to
 ``pruner.prune_block(block)`` as a ``BlockContext``. The context knows the block's Linears,
 which of them share an input (``groups``), the sparsity target, and how to run the block on
 the calibration inputs while gathering statistics. Pruners never move tensors between
@@ -68,7 +68,7 @@ class Captured:
 
 
 class BlockContext(Protocol):
-    """What the engine gives a pruner for one decoder block (see runners/engine.py)."""
+    """What the engine gives a pruner for one decoder block (see runners/execution/engine.py)."""
 
     index: int
     pattern: SparsityPattern

@@ -27,11 +27,11 @@ from hydra.utils import instantiate
 from eval.calibration import calibration_tokens
 from pruners.pattern import SparsityPattern
 
-from . import provenance
-from .adapters import adapter_for
-from .cli import CONF
-from .engine import capture_block_inputs, prune_model, run_block
-from .models import ModelSpec, load_model
+from runners.execution import provenance
+from runners.execution.adapters import adapter_for
+from runners.cli import CONF
+from runners.execution.engine import capture_block_inputs, prune_model, run_block
+from runners.execution.models import ModelSpec, load_model
 
 DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
             "sparsity": "0.7", "data.local_dir": "", "out": "results/bench", "cache_dir": ""}

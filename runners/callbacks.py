@@ -44,7 +44,7 @@ class PrintReport(Callback):
 
     def _report(self, config: DictConfig, folders: list[Path]) -> None:
         global EXIT_CODE
-        from runners.report import summarize
+        from runners.reporting.report import summarize
 
         print(summarize(config.results.dir), flush=True)
         statuses = job_statuses(folders)

@@ -6,7 +6,7 @@ from pathlib import Path
 from eval.datasets import check_dataset_names
 from pruners.pattern import SparsityPattern
 
-from .engine import resolve_layers
+from runners.execution.engine import resolve_layers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "pruner", "protocol", "experiment", "allocation")
@@ -16,7 +16,7 @@ def choices(group: str) -> list[str]:
     """Names accepted by a config group (its YAML files; for ``pruner`` also the installed plugins')."""
     names = {p.stem for p in (CONF / group).glob("*.yaml")}
     if group == "pruner":
-        from .plugins import pruner_entry_points
+        from runners.execution.plugins import pruner_entry_points
 
         names |= set(pruner_entry_points())
     return sorted(names)
@@ -42,7 +42,7 @@ def check_overrides(argv: list[str]) -> str | None:
                     if v not in choices(key) and v != "null":
                         return f"{key}={v!r} is not valid: accepted {', '.join(choices(key))}"
                     if key == "pruner" and not (CONF / "pruner" / f"{v}.yaml").is_file():
-                        from .plugins import check_plugin
+                        from runners.execution.plugins import check_plugin
 
                         check_plugin(v)  # a plugin that fails to load: its one-line error
             elif key == "sparsity":

@@ -33,8 +33,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from eval.datasets import LOCAL_TEST_FILES
 from pruners.pattern import SparsityPattern
 
-from .cli import CONF
-from .engine import resolve_layers
+from runners.cli import CONF
+from runners.execution.engine import resolve_layers
 
 SHAPES = CONF / "shapes"
 
@@ -273,7 +273,7 @@ def check_allocation(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Every check of one composed run (raises a one-line ValueError)."""
-    from .job import resolve
+    from runners.execution.job import resolve
 
     check_keys(cfg)
     check_pruner(cfg)
@@ -376,7 +376,7 @@ def results_dir(argv: list[str]) -> str:
 def check_command_line(argv: list[str]) -> str | None:
     """What run.py checks before Hydra starts: group names and sweep syntax first (cheap), then
     every composed run. Returns the one-line problem, or None."""
-    from .cli import check_overrides
+    from runners.cli import check_overrides
 
     return check_overrides(argv) or validate(argv)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners.models import ModelSpec, load_model
+from runners.execution.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ TINY = {
 
 def tiny_model(name: str, seed: int = 0):
     """A fresh seeded tiny model (no tokenizer)."""
-    from runners.models import _tiny_model
+    from runners.execution.models import _tiny_model
 
     return _tiny_model(TINY[name], seed).eval()
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from runners import store
-
+from runners.execution import store
 COLUMNS = ["run_id", "model", "pruner", "sparsity", "layers", "protocol", "calib_dataset", "calib_nsamples",
            "calib_seqlen", "eval_seqlen", "eval_max_windows", "seed", "dtype", "device", "data_source", "dataset",
            "metric", "value", "status", "message"]

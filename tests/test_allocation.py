@@ -10,10 +10,10 @@ from pruners.allocation import Owl, exact_counts, outlier_ratio, owl, spread
 from pruners.magnitude import build as magnitude
 from pruners.pattern import SparsityPattern
 from pruners.wanda import build as wanda
-from runners.adapters import adapter_for
+from runners.execution.adapters import adapter_for
 from runners.cli import CONF
-from runners.engine import prune_model
-from runners.identity import prepare, run_id
+from runners.execution.engine import prune_model
+from runners.execution.identity import prepare, run_id
 from runners.validate import check_command_line
 from tests.conftest import tiny_model
 

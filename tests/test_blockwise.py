@@ -6,8 +6,8 @@ from hydra import compose, initialize_config_dir
 from eval.blockwise import blockwise_perplexity, check_setting, use_blockwise
 from eval.perplexity import perplexity
 from runners.cli import CONF
-from runners.identity import run_id
-from runners.job import SettingsError, resolve
+from runners.execution.identity import run_id
+from runners.execution.job import SettingsError, resolve
 from runners.validate import validate
 from tests.conftest import data_dir, tiny_model
 
@@ -77,8 +77,8 @@ def test_smollm2_blockwise_equals_whole_model(smollm2, local_data, cache_dir):
 @pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 def test_run_job_blockwise_stores_the_same_perplexity(tmp_path, cache_dir):
     """A whole pruned run (tiny LLaMA, smoke protocol) with eval.blockwise=true stores the numbers of false."""
-    from runners.job import run_job
-    from runners.store import load_metrics
+    from runners.execution.job import run_job
+    from runners.execution.store import load_metrics
 
     values = {}
     for setting in ("false", "true"):

@@ -118,7 +118,7 @@ def test_paper_protocol_report_states_pool_and_warning(local_data, tmp_path):
     (folder,) = [p for p in (results / "runs").iterdir() if "__wanda__" in p.name]
     pool = json.loads((folder / "manifest.json").read_text())["calibration"]
     assert (pool["nsamples"], pool["seqlen"], pool["documents"], pool["eligible_documents"]) == (128, 2048, 1000, 32)
-    report = subprocess.run([sys.executable, "-m", "runners.report", f"results.dir={results}"], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "runners.reporting.report", f"results.dir={results}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (results / "report" / "report.md").read_text()

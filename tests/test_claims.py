@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runners import claims
-from runners.store import check_run, read_manifest
+from runners.execution import claims
+from runners.execution.store import check_run, read_manifest
 from tests.conftest import ROOT, data_dir
 
 DEAD_PID = 4194305  # above the largest pid_max Linux allows (2**22): no such process can exist
@@ -165,7 +165,7 @@ def test_sweep_killed_holding_a_claim_does_not_block_the_next(tmp_path):
     proc.wait()
     held = list(results.glob("runs/*/.claim"))
     assert held, "the kill should land while a run is claimed"
-    check = subprocess.run([sys.executable, "-m", "runners.store", "check", f"results.dir={results}"], cwd=ROOT,
+    check = subprocess.run([sys.executable, "-m", "runners.execution.store", "check", f"results.dir={results}"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 1 and all(f"stale      {p.parent.name}:" in check.stdout for p in held), check.stdout
 
@@ -177,6 +177,6 @@ def test_sweep_killed_holding_a_claim_does_not_block_the_next(tmp_path):
     folders = sorted((results / "runs").iterdir())
     assert len(folders) == 5 and all(check_run(f)[0] == "complete" for f in folders)
     assert not list(results.glob("runs/*/.claim*"))
-    check = subprocess.run([sys.executable, "-m", "runners.store", "check", f"results.dir={results}"], cwd=ROOT,
+    check = subprocess.run([sys.executable, "-m", "runners.execution.store", "check", f"results.dir={results}"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout

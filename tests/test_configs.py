@@ -4,7 +4,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from runners.cli import CONF, choices
-from runners.job import prepare
+from runners.execution.job import prepare
 
 
 def _compose(*overrides):

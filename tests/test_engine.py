@@ -8,8 +8,8 @@ from pruners.dense import DensePruner
 from pruners.magnitude import build as magnitude
 from pruners.pattern import SparsityPattern
 from pruners.wanda import build as wanda
-from runners.adapters import adapter_for
-from runners.engine import capture_block_inputs, forward_logits, prune_model, resolve_layers
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import capture_block_inputs, forward_logits, prune_model, resolve_layers
 from tests.conftest import tiny_model
 
 
@@ -132,7 +132,7 @@ def test_capture_gives_inputs_outputs_and_statistics_in_one_pass(name):
     """capture() returns each Linear's inputs/outputs over all batches (as a plain hook sees them)
     and the same statistics collect() gathers, from one run of the block."""
     from pruners.sparsegpt import Hessian
-    from runners.engine import BlockRun
+    from runners.execution.engine import BlockRun
 
     model = tiny_model(name)
     adapter = adapter_for(model)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from runners.callbacks import exit_code
-from runners.store import read_manifest
+from runners.execution.store import read_manifest
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

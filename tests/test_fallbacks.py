@@ -10,9 +10,9 @@ from pruners import fallbacks
 from pruners.pattern import SparsityPattern
 from pruners.sparsegpt import build as sparsegpt, sparsegpt_prune
 from pruners.sparsellm_math import ridge_cholesky
-from runners.adapters import adapter_for
-from runners.engine import prune_model
-from runners.store import read_manifest
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import prune_model
+from runners.execution.store import read_manifest
 from tests.conftest import ROOT, data_dir, tiny_model
 
 
@@ -63,7 +63,7 @@ def test_run_records_fallbacks_in_blocks_csv_and_manifest(tmp_path):
     manifest = read_manifest(folder)
     assert len(rows) and manifest["fallbacks"]["total"] == rows["value"].sum() > 0
     assert manifest["fallbacks"]["by_kind"] == {"cholesky_damping_raised": int(rows["value"].sum())}
-    report = subprocess.run([sys.executable, "-m", "runners.report", f"results.dir={results}"], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "runners.reporting.report", f"results.dir={results}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (results / "report" / "report.md").read_text()

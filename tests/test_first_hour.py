@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from runners.cli import CONF
-from runners.store import read_manifest
+from runners.execution.store import read_manifest
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

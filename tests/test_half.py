@@ -5,9 +5,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from runners.cli import CONF
-from runners.identity import run_id
-from runners.job import resolve, run_job
-from runners.store import load_metrics, read_manifest
+from runners.execution.identity import run_id
+from runners.execution.job import resolve, run_job
+from runners.execution.store import load_metrics, read_manifest
 from tests.conftest import data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

@@ -5,10 +5,10 @@ import shutil
 import pytest
 import torch
 
-from runners.identity import run_id
-from runners.job import resolve, run_job
-from runners.models import load_model
-from runners.store import load_metrics
+from runners.execution.identity import run_id
+from runners.execution.job import resolve, run_job
+from runners.execution.models import load_model
+from runners.execution.store import load_metrics
 from tests.conftest import TINY, compose_wanda_smoke, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

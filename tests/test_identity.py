@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from runners.cli import CONF
-from runners.identity import prepare, run_id
-from runners.job import SettingsError, resolve
+from runners.execution.identity import prepare, run_id
+from runners.execution.job import SettingsError, resolve
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from runners import store
-from runners.job import BLOCK_COLUMNS, METRIC_COLUMNS
-from runners.leaderboard import allocation_table, leaderboard
-from runners.report import build_report, load_store
+from runners.execution import store
+from runners.execution.job import BLOCK_COLUMNS, METRIC_COLUMNS
+from runners.reporting.leaderboard import allocation_table, leaderboard
+from runners.reporting.report import build_report, load_store
 
 BASE = {"model": "m", "layers": "all", "protocol": "quick", "calib_dataset": "c4", "calib_nsamples": 8,
         "calib_seqlen": 512, "eval_seqlen": 512, "eval_max_windows": 12, "dtype": "float32", "device": "cpu",

@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from eval.datasets import eval_tokens
 from eval.perplexity import perplexity
 from runners.cli import CONF
-from runners.job import run_job
-from runners.store import load_metrics
+from runners.execution.job import run_job
+from runners.execution.store import load_metrics
 
 pytestmark = pytest.mark.slow
 

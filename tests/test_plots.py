@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib.ticker import LogFormatterSciNotation, NullFormatter, ScalarFormatter
 
-from runners import plots
-from runners.plot_style import LogTicks, texts_outside
-from runners.report import build_report, load_store
+from runners.reporting import plots
+from runners.reporting.plot_style import LogTicks, texts_outside
+from runners.reporting.report import build_report, load_store
 from tests.paper_store import COLUMNS, PROTO, paper_store
 
 
@@ -29,7 +29,7 @@ def _figures(group) -> dict:
 
 
 def _tick_texts(axis) -> list[str]:
-    from runners.plot_style import _drawn_ticklabels
+    from runners.reporting.plot_style import _drawn_ticklabels
 
     return [t.get_text() for t in _drawn_ticklabels(axis) if t.get_text()]
 
@@ -43,7 +43,7 @@ def test_no_text_outside_the_figure_and_fonts_readable(group):
 
 def test_texts_outside_catches_clipped_and_small_text():
     """The check itself: a label past the right edge and a 6 pt text are reported."""
-    from runners.plot_style import new_figure
+    from runners.reporting.plot_style import new_figure
 
     fig, (ax,) = new_figure(1)
     ax.plot([0, 1], [0, 1])
@@ -110,8 +110,7 @@ def test_nm_labels_inside_the_axes(group):
 
 def test_one_sparsity_gets_a_sensible_x_range(tmp_path):
     """A single sparsity: ±0.1 around it with one tick there, not the ±0.01 of the error bars' shift."""
-    from runners import store
-
+    from runners.execution import store
     for pruner, value in (("wanda", 35.0), ("sparsegpt", 33.0)):
         for seed in (0, 1):
             folder = store.run_dir(tmp_path, f"{pruner}{seed}")

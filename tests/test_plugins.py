@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.labels import sparsity_label
-from runners.plugins import GROUP, pruner_entry_points
-from runners.store import load_metrics
+from runners.reporting.labels import sparsity_label
+from runners.execution.plugins import GROUP, pruner_entry_points
+from runners.execution.store import load_metrics
 from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir
 

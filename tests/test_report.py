@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners import store
-from runners.compare import REFERENCE, compare, load_published
-from runners.job import BLOCK_COLUMNS, METRIC_COLUMNS
-from runners.report import build_report, load_store, main, summarize
+from runners.execution import store
+from runners.reporting.compare import REFERENCE, compare, load_published
+from runners.execution.job import BLOCK_COLUMNS, METRIC_COLUMNS
+from runners.reporting.report import build_report, load_store, main, summarize
 from tests.conftest import ROOT
 
 NAN = math.nan
@@ -29,7 +29,7 @@ UNAVAILABLE = ("c4", "ppl", NAN, "unavailable", "c4 validation: not found offlin
 
 def _write_run(results: Path, model: str, pruner: str, sparsity: str, rows: list[tuple], proto: dict = SMOKE,
                layers: str = "all", status: str = "ok", errors: list[float] | None = None) -> str:
-    """One run folder written the way runners/job.py writes it (metrics, blocks, manifest last)."""
+    """One run folder written the way runners/execution/job.py writes it (metrics, blocks, manifest last)."""
     rid = f"{model}__{pruner}__{sparsity}__{layers}__{proto['protocol']}".replace(":", "-")
     folder = store.run_dir(results, rid)
     base = {"run_id": rid, "model": model, "pruner": pruner, "sparsity": sparsity,

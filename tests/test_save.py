@@ -8,11 +8,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.datasets import eval_tokens
 from eval.perplexity import perplexity
-from runners.adapters import adapter_for
+from runners.execution.adapters import adapter_for
 from runners.cli import CONF
-from runners.identity import run_id
-from runners.job import resolve, run_job
-from runners.store import load_metrics, read_manifest
+from runners.execution.identity import run_id
+from runners.execution.job import resolve, run_job
+from runners.execution.store import load_metrics, read_manifest
 from runners.validate import validate
 from tests.conftest import compose_wanda_smoke, data_dir
 

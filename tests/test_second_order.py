@@ -7,8 +7,8 @@ import torch
 from pruners.pattern import SparsityPattern
 from pruners.sparsegpt import build as sparsegpt
 from pruners.sparsellm import build as sparsellm
-from runners.adapters import adapter_for
-from runners.engine import BlockRun, capture_block_inputs, prune_model, run_block
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import BlockRun, capture_block_inputs, prune_model, run_block
 from tests.conftest import tiny_model
 
 
@@ -92,7 +92,7 @@ def test_sparsellm_default_returns_the_last_iterate_on_smollm2(smollm2, local_da
     """pruner=sparsellm at 0.7 (keep_best at its default): the weights written are the last iterate's,
     whose MLP error is the last recorded one; keep_best=true returns the lowest recorded one."""
     from eval.calibration import calibration_tokens
-    from runners.job import resolve
+    from runners.execution.job import resolve
     from tests.test_identity import _cfg
 
     model, tokenizer = smollm2

@@ -14,9 +14,10 @@ import torch
 from matplotlib.container import ErrorbarContainer
 from scipy import stats
 
-from runners import plots, store
-from runners.compare import compare, load_published
-from runners.report import build_report, load_store, summarize
+from runners.reporting import plots
+from runners.execution import store
+from runners.reporting.compare import compare, load_published
+from runners.reporting.report import build_report, load_store, summarize
 from tests.conftest import ROOT, data_dir, tiny_model
 
 COLUMNS = ["run_id", "model", "pruner", "sparsity", "layers", "protocol", "calib_dataset", "calib_nsamples",
@@ -93,7 +94,7 @@ def _rows(md_path: Path) -> dict:
 
 def test_mean_std_cells_in_markdown_csv_latex(built):
     """Cells read `mean ± std (n=3)` over seeds (plain for one seed, failures counted); best by mean.
-    Mean and std both have 4 significant digits (runners/formatting.py)."""
+    Mean and std both have 4 significant digits (runners/reporting/formatting.py)."""
     tables = built / "report" / "tables"
     rows = _rows(tables / "ppl__tiny-llama__smoke__s64__w4.md")
     assert list(rows) == ["dense", "magnitude", "wanda", "sparsegpt", "sparsellm", "sparsellm+keep_best",
@@ -258,8 +259,8 @@ def test_same_calibration_identical_pruned_weights(name):
     from omegaconf import OmegaConf
 
     from pruners.pattern import SparsityPattern
-    from runners.adapters import adapter_for
-    from runners.engine import prune_model
+    from runners.execution.adapters import adapter_for
+    from runners.execution.engine import prune_model
 
     cfg = OmegaConf.load(ROOT / "conf" / "pruner" / f"{name}.yaml")
     tokens = torch.randint(0, 1000, (4, 32), generator=torch.Generator().manual_seed(0))

@@ -17,8 +17,8 @@ from pruners.sparsellm_released import (
     pinv_weight,
     silu_s_gradient_steps,
 )
-from runners.adapters import adapter_for
-from runners.engine import prune_model
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import prune_model
 from tests.conftest import tiny_model
 
 

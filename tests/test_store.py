@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from runners import claims, store
-from runners.report import summarize
+from runners.execution import claims, store
+from runners.reporting.report import summarize
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
@@ -127,14 +127,14 @@ def test_damaged_store_is_named_skipped_recomputed_and_cleaned(finished, tmp_pat
         path.write_text("partial")
     os.utime(leftovers[2], (old, old))  # another host's pid means nothing here; age does
 
-    check = _py("-m", "runners.store", "check", f"results.dir={results}")
+    check = _py("-m", "runners.execution.store", "check", f"results.dir={results}")
     assert check.returncode == 1
     for rid, name in damaged.items():
         (line,) = [x for x in check.stdout.splitlines() if rid in x and not x.startswith("temp")]
         assert line.startswith("damaged") and f": {name}:" in line, line
     assert sum(line.startswith("temp") for line in check.stdout.splitlines()) == len(leftovers)
 
-    report = _py("-m", "runners.report", f"results.dir={results}")
+    report = _py("-m", "runners.reporting.report", f"results.dir={results}")
     assert report.returncode == 0, report.stderr[-3000:]
     for rid, name in damaged.items():
         (line,) = [x for x in (report.stdout + report.stderr).splitlines() if rid in x]
@@ -153,9 +153,9 @@ def test_damaged_store_is_named_skipped_recomputed_and_cleaned(finished, tmp_pat
     for path in live:
         path.unlink()
 
-    check = _py("-m", "runners.store", "check", f"results.dir={results}")
+    check = _py("-m", "runners.execution.store", "check", f"results.dir={results}")
     assert check.returncode == 0, check.stdout
-    report = _py("-m", "runners.report", f"results.dir={results}")
+    report = _py("-m", "runners.reporting.report", f"results.dir={results}")
     assert report.returncode == 0 and "damaged run" not in report.stdout + report.stderr
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["run_id"]) == sorted(f.name for f in folders)  # each run once, none missing
@@ -191,7 +191,7 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst)
 os.replace = replace
-from runners.report import summarize
+from runners.reporting.report import summarize
 summarize(sys.argv[1])
 """
 
@@ -207,7 +207,7 @@ def test_kill_during_the_summary_write_keeps_the_previous_file(finished, tmp_pat
 
 
 def _job(results, *overrides):
-    from runners.job import run_job
+    from runners.execution.job import run_job
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from runners.store import load_metrics, read_manifest
+from runners.execution.store import load_metrics, read_manifest
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")

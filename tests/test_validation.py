@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-import runners.models
+import runners.execution.models
 from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir
 
@@ -54,7 +54,7 @@ def no_model_loads(monkeypatch):
     """Validation must never load a model."""
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded during validation")
-    monkeypatch.setattr(runners.models, "load_model", refuse)
+    monkeypatch.setattr(runners.execution.models, "load_model", refuse)
 
 
 @pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])

@@ -3,7 +3,7 @@
 Hydra finds this class by scanning the ``hydra_plugins`` namespace package, so every compose
 (``run.py``'s ``@hydra.main`` and the validation's ``initialize_config_dir``) sees the plugins'
 ``conf/pruner/<name>.yaml``. The folders are appended: this repository's own configs come first.
-See ``runners/plugins.py``.
+See ``runners/execution/plugins.py``.
 """
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -14,7 +14,7 @@ class PrunerPluginSearchPath(SearchPathPlugin):
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         try:
-            from runners.plugins import config_dirs
+            from runners.execution.plugins import config_dirs
         except ImportError:  # Hydra used outside this harness: nothing to add
             return
         for folder in config_dirs():

@@ -10,13 +10,13 @@
   times, peak memory), the run's status, its ``run_id``, the writer (host, pid) and the sha256
   of every table (``metrics_sha256``, ``sha256``). It is written last: a run folder without it
   is incomplete (killed) and is redone on the next sweep.
-* ``.claim`` while a job computes the run (``runners.claims``).
+* ``.claim`` while a job computes the run (``runners.execution.claims``).
 
 Every file is written to a temporary name in the same folder and renamed, so a crash or a kill
 never leaves a half-written file behind and nothing already written is lost. ``check_run``
 tells a finished run from a killed one and from a damaged one (a file changed or broken after
 it was written); a damaged run is skipped by every reader with one warning and redone by the
-next sweep. ``python -m runners.store check [results.dir=PATH]`` lists what is not in order.
+next sweep. ``python -m runners.execution.store check [results.dir=PATH]`` lists what is not in order.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import claims
+from runners.execution import claims
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +279,10 @@ def problems(results_dir: str | os.PathLike) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m runners.store check [results.dir=PATH]``: print the store's problems; 0 when clean."""
+    """``python -m runners.execution.store check [results.dir=PATH]``: print the store's problems; 0 when clean."""
     args = dict(a.partition("=")[::2] for a in argv[1:])
     if argv[:1] != ["check"] or set(args) - {"results.dir"} or not all(args.values()):
-        print("usage: python -m runners.store check [results.dir=PATH]", file=sys.stderr)
+        print("usage: python -m runners.execution.store check [results.dir=PATH]", file=sys.stderr)
         return 2
     results_dir = args.get("results.dir", "results")
     lines = problems(results_dir)

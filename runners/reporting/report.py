@@ -1,6 +1,6 @@
 """Tables, plots and ``report.md`` from the results store, and the summary printed after a sweep.
 
-Usage: ``python -m runners.report [results.dir=PATH] [report.compare=true]
+Usage: ``python -m runners.reporting.report [results.dir=PATH] [report.compare=true]
 [report.block_sparsity=0.7] [report.reference=PATH]``. Reads only the results store
 (``<results.dir>/runs``) and, with ``report.compare=true``, the published reference numbers
 (``results/reference/published.csv``); writes ``<results.dir>/summary.csv`` and
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .aggregate import long_table, paired_differences, paired_text
-from .compare import REFERENCE, compare, comparison_table, load_published, nearest_published
-from .formatting import unavailable_everywhere, vocab_size
-from .leaderboard import allocation_section, leaderboard_section
-from .report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
-from .store import atomic_write_text, load_metrics, read_manifest
-from .tables import (GROUP, VARYING, Table, normalize, notes_markdown, ppl_grid, ppl_table, sparsity_label,
+from runners.reporting import plots
+from runners.reporting.aggregate import long_table, paired_differences, paired_text
+from runners.reporting.compare import REFERENCE, compare, comparison_table, load_published, nearest_published
+from runners.reporting.formatting import unavailable_everywhere, vocab_size
+from runners.reporting.leaderboard import allocation_section, leaderboard_section
+from runners.reporting.report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
+from runners.execution.store import atomic_write_text, load_metrics, read_manifest
+from runners.reporting.tables import (GROUP, VARYING, Table, normalize, notes_markdown, ppl_grid, ppl_table, sparsity_label,
                      to_csv, to_latex, to_markdown, zeroshot_grid)
 
 IDENTITY = ["run_id", "model", "pruner", "sparsity", *VARYING, "protocol", "eval_seqlen", "eval_max_windows",
@@ -277,7 +277,7 @@ def _flag(key: str, value: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m runners.report [results.dir=PATH] [report.compare=true] [report.block_sparsity=S]``."""
+    """``python -m runners.reporting.report [results.dir=PATH] [report.compare=true] [report.block_sparsity=S]``."""
     opts = {"results.dir": "results", "report.compare": "false", "report.block_sparsity": "",
             "report.reference": str(REFERENCE)}
     for arg in argv:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from .formatting import number
-from .labels import GROUP, VARYING, pruner_order, row_labels, sparsity_order
+from runners.reporting.formatting import number
+from runners.reporting.labels import GROUP, VARYING, pruner_order, row_labels, sparsity_order
 
 # What identifies a configuration: all of it but the seed (which the aggregation averages over).
 IDENTITY = [*GROUP, "pruner", "sparsity", *VARYING]
@@ -47,7 +47,7 @@ class Stat:
     def text(self, scale: float = 1.0, mark: str = "") -> str:
         """``35.00`` (n=1), ``35.00 ± 1.000 (n=3)``, ``35.00 ± 1.000 (n=2; 1 nan)``, or the status.
 
-        Mean and std both in runners/formatting.py's format (4 significant digits, scientific
+        Mean and std both in runners/reporting/formatting.py's format (4 significant digits, scientific
         at or above 1e5); ``mark`` (e.g. the collapsed marker) follows the mean.
         """
         if self.n == 0:

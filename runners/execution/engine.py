@@ -22,8 +22,8 @@ from pruners import fallbacks
 from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
 
-from .adapters import FamilyAdapter
-from .progress import progress
+from runners.execution.adapters import FamilyAdapter
+from runners.execution.progress import progress
 
 log = logging.getLogger(__name__)
 

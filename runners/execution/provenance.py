@@ -26,7 +26,7 @@ def versions() -> dict[str, str | None]:
 
 def git_revision(folder: str | os.PathLike | None = None) -> dict[str, str | bool | None]:
     """Commit of the project checkout and whether it had uncommitted changes."""
-    folder = folder or Path(__file__).resolve().parents[1]
+    folder = folder or Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,

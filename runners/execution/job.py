@@ -23,12 +23,12 @@ from eval.datasets import DatasetUnavailable, eval_tokens
 from eval.blockwise import blockwise_perplexity, use_blockwise
 from eval.perplexity import perplexity
 
-from . import claims, provenance, store
-from .adapters import adapter_for
-from .engine import prune_model, resolve_layers
-from .identity import Run, data_source_label, prepare, run_id
-from .models import load_model
-from .save import is_saved, model_folder, save_model, wants_model
+from runners.execution import claims, provenance, store
+from runners.execution.adapters import adapter_for
+from runners.execution.engine import prune_model, resolve_layers
+from runners.execution.identity import Run, data_source_label, prepare, run_id
+from runners.execution.models import load_model
+from runners.execution.save import is_saved, model_folder, save_model, wants_model
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pandas as pd
 GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
 # Identity columns besides model/protocol/pruner/sparsity: when one varies among the pruned rows it
 # splits them and appears in the row label (``wanda layers=first_half``). ``seed`` is not one of
-# them: the report aggregates over seeds instead (runners/aggregate.py).
+# them: the report aggregates over seeds instead (runners/reporting/aggregate.py).
 VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source"]
 DENSE_VARYING = ["dtype", "device", "data_source"]  # what can split the dense baseline
 # Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.

@@ -11,7 +11,7 @@ everywhere:
   the pruned model collapsed; :func:`collapsed_note` is the footnote under the table.
 * :func:`vocab_size`: the vocabulary size of a model, read from what the runs recorded
   (the resolved ``config`` of ``manifest.json``), else ``conf/shapes/<model>.json``, else the
-  defaults of the tiny random models (runners/models.py).
+  defaults of the tiny random models (runners/execution/models.py).
 * :func:`unavailable_everywhere`: the datasets that were unavailable in every run of a table;
   they are left out of tables and plots with one note (:func:`dropped_note`).
 """
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COLLAPSED = "†"
 SIGNIFICANT = 4
 SCIENTIFIC_FROM = 1e5
-# The vocabulary sizes _tiny_model in runners/models.py uses when model.tiny gives none
+# The vocabulary sizes _tiny_model in runners/execution/models.py uses when model.tiny gives none
 # (tests/test_formatting.py checks that the two agree).
 TINY_VOCAB = {"llama": 49152, "opt": 50272}
 
@@ -88,7 +88,7 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
     Order: a ``vocab_size`` in a run's recorded model config (``model.vocab_size`` or
     ``model.tiny.vocab_size``); ``conf/shapes/<model>.json``; for a tiny random model (recorded
     ``source: tiny``, or the repository's ``conf/model/<model>.yaml`` when the run recorded no
-    config) the default of runners/models.py for its family.
+    config) the default of runners/execution/models.py for its family.
     """
     configs = [_model_config(m) for m in manifests]
     for cfg in configs:
@@ -111,7 +111,7 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
             tiny = cfg.get("tiny") or {}
             if tiny.get("vocab_size"):
                 return int(tiny["vocab_size"]), f"{where}, model.tiny.vocab_size"
-            return TINY_VOCAB[cfg["family"]], f"tiny {cfg['family']} default of runners/models.py"
+            return TINY_VOCAB[cfg["family"]], f"tiny {cfg['family']} default of runners/execution/models.py"
     return None, ""
 
 

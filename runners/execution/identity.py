@@ -24,8 +24,8 @@ from eval.calibration import calibration_source
 from eval.datasets import check_dataset_names, eval_source
 from pruners.pattern import SparsityPattern
 
-from .engine import resolve_layers
-from .models import ModelSpec, folder_fingerprint, resolve_dtype
+from runners.execution.engine import resolve_layers
+from runners.execution.models import ModelSpec, folder_fingerprint, resolve_dtype
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 

@@ -22,7 +22,7 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatterSciNotation
 
-from .labels import PRUNER_ORDER
+from runners.reporting.labels import PRUNER_ORDER
 
 PANEL = (3.5, 2.6)  # inches per panel: one column of a two-column paper
 SIZES = {"title": 10.0, "panel": 9.5, "label": 9.0, "tick": 8.5, "legend": 8.5, "note": 8.0}

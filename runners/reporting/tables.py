@@ -2,15 +2,15 @@
 
 A :class:`Table` holds the text of every cell (a number, or the run's status: ``nan``, ``oom``,
 ``unavailable``, ``error``; ``-`` where nothing was run) and a mask of the best value per
-column. Cells aggregate the runs of every seed (runners/aggregate.py): ``35.00`` for one seed,
+column. Cells aggregate the runs of every seed (runners/reporting/aggregate.py): ``35.00`` for one seed,
 ``35.00 ± 1.000 (n=3)`` (mean ± sample std over n seeds) for several, ``(n=2; 1 nan)`` when a seed
-failed; every number has 4 significant digits, scientific at or above 1e5 (runners/formatting.py).
+failed; every number has 4 significant digits, scientific at or above 1e5 (runners/reporting/formatting.py).
 A perplexity above the model's vocabulary size ends in ``†`` (collapsed) and the table's notes
 explain it; a dataset unavailable in every run has no column, and a note says why. "Best" is
 taken by the mean among the pruned rows whose every seed gave a number (the
 dense baseline would always win): the lowest perplexity, the highest accuracy. Markdown and
 LaTeX (``$\\pm$``) show it in bold, CSV appends ``*`` to the cell. The label helpers live in
-runners/labels.py and are re-exported here.
+runners/reporting/labels.py and are re-exported here.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .aggregate import aggregate, expand_failed
-from .formatting import COLLAPSED, collapsed_note, dropped_note, is_collapsed, number, unavailable_everywhere
+from runners.reporting.aggregate import aggregate, expand_failed
+from runners.reporting.formatting import COLLAPSED, collapsed_note, dropped_note, is_collapsed, number, unavailable_everywhere
 # GROUP, VARYING, PRUNER_ORDER, normalize, sparsity_ratio: re-exported for code that imported them from here.
-from .labels import (GROUP, PRUNER_ORDER, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
+from runners.reporting.labels import (GROUP, PRUNER_ORDER, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
                      sparsity_label, sparsity_order, sparsity_ratio)
 
 MISSING = "-"

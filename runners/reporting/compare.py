@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .aggregate import aggregate
-from .formatting import number
-from .labels import pruner_order, sparsity_order, sparsity_ratio
-from .tables import Table, sparsity_label
+from runners.reporting.aggregate import aggregate
+from runners.reporting.formatting import number
+from runners.reporting.labels import pruner_order, sparsity_order, sparsity_ratio
+from runners.reporting.tables import Table, sparsity_label
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "published.csv"
+REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
 KEY = ["model", "pruner", "sparsity", "layers", "dataset", "metric"]
 # Our pruner labels that a published pruner's numbers apply to (the label is shown as is).
 ALIASES = {"sparsellm": ("sparsellm", "sparsellm_released")}

@@ -9,10 +9,10 @@ in the legend, never as a value. The dense baseline is a dashed black line (a gr
 when it has several seeds); a dotted grey line marks the vocabulary size ("uniform guess": a
 model that guesses uniformly has exactly that perplexity) when the data come within a factor 10
 of it. ``layers`` scopes are line styles (``all`` solid). Every point is the mean over the
-configuration's seeds (runners/aggregate.py) with an error bar of ± one sample standard deviation
+configuration's seeds (runners/reporting/aggregate.py) with an error bar of ± one sample standard deviation
 where more than one seed ran; pruners' error bars at one sparsity are shifted slightly sideways
 (``DODGE``). A dataset without any valid value gets no panel (one unavailable in every run is
-also left out of the tables, with a note there). Style and layout: runners/plot_style.py.
+also left out of the tables, with a note there). Style and layout: runners/reporting/plot_style.py.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .aggregate import aggregate, expand_failed
-from .formatting import unavailable_everywhere
-from .labels import pruner_order, row_labels, sparsity_order, sparsity_ratio
-from .plot_style import SIZES, color, finish, layer_styles, log_y, new_figure, style_axes
-from .plot_style import save  # noqa: F401  (report.py and the notebook call plots.save)
-from .tables import vocab_of
+from runners.reporting.aggregate import aggregate, expand_failed
+from runners.reporting.formatting import unavailable_everywhere
+from runners.reporting.labels import pruner_order, row_labels, sparsity_order, sparsity_ratio
+from runners.reporting.plot_style import SIZES, color, finish, layer_styles, log_y, new_figure, style_axes
+from runners.reporting.plot_style import save  # noqa: F401  (report.py and the notebook call plots.save)
+from runners.reporting.tables import vocab_of
 
 DODGE = 0.004  # sideways shift (in sparsity) between pruners' error bars at the same sparsity
 UNIFORM_WITHIN = 10.0  # draw the uniform-guess line when the data reach vocab / UNIFORM_WITHIN

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .labels import is_dense, row_labels, sparsity_order
+from runners.reporting.labels import is_dense, row_labels, sparsity_order
 
 ALLOCATION_METRICS = ("target_sparsity", "sparsity", "outlier_ratio")
 
