@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from .datasets import (C4_TRAIN, DatasetUnavailable, HUB, _c4_local, _hub, c4_local_file, c4_stem, cached,
-                       hub_rows, join_rows, local_source, ptb_rows_local, tokenizer_id, wikitext2_rows_local)
+from .datasets import CORPORA, DatasetUnavailable, cached, tokenizer_id
 
 log = logging.getLogger(__name__)
 
-CALIB_DATASETS = ("c4", "wikitext2", "ptb")
-LOCAL_TRAIN_FILES = {"wikitext2": "wikitext2/wiki.train.raw", "ptb": "ptb/ptb.train.txt"}
+
+def calibration_datasets() -> tuple[str, ...]:
+    """Every corpus of eval/datasets.py, C4 first (the papers' calibration set, listed first in errors)."""
+    return tuple(sorted(CORPORA, key=lambda name: name != "c4"))
 
 
 def calibration_source(dataset: str, local_dir: str | None) -> dict:
@@ -39,44 +40,26 @@ def calibration_source(dataset: str, local_dir: str | None) -> dict:
     Raises ``ValueError`` (one line: the setting, its value, where we looked) when the dataset
     is unknown or a local folder lacks it, so a run stops before its model loads.
     """
-    if dataset not in CALIB_DATASETS:
-        raise ValueError(f"calib.dataset={dataset!r} is not valid: accepted {', '.join(CALIB_DATASETS)}")
-    if not local_dir:
-        if dataset == "c4":
-            return {"source": "hub", "id": "allenai/c4", "file": C4_TRAIN}
-        path, config, _, extra = HUB[dataset]
-        return {"source": "hub", "id": path, "config": config, "split": "train", **extra}
-    if dataset == "c4":
-        found = c4_local_file(Path(local_dir), C4_TRAIN)
-        looked = f"{Path(local_dir) / 'c4'}/{c4_stem(C4_TRAIN)}*.json[l][.gz]"
-    else:
-        found = Path(local_dir) / LOCAL_TRAIN_FILES[dataset]
-        looked = str(found)
-    if found is None or not found.is_file():
+    if dataset not in CORPORA:
+        raise ValueError(f"calib.dataset={dataset!r} is not valid: accepted {', '.join(calibration_datasets())}")
+    found = CORPORA[dataset].source(local_dir, "train")
+    if local_dir and found["sha256"] is None:
+        looked = str(Path(local_dir) / CORPORA[dataset].looked_for("train"))
         raise ValueError(f"calib.dataset={dataset!r}: no local copy of its calibration split in "
                          f"data.local_dir (looked for {looked}); accepted here: "
-                         f"{', '.join(d for d in CALIB_DATASETS if _has_local(d, local_dir)) or 'none'}")
-    return local_source(local_dir, found, looked)
+                         f"{', '.join(d for d in calibration_datasets() if _has_local(d, local_dir)) or 'none'}")
+    return found
 
 
 def _has_local(dataset: str, local_dir: str) -> bool:
-    if dataset == "c4":
-        return c4_local_file(Path(local_dir), C4_TRAIN) is not None
-    return (Path(local_dir) / LOCAL_TRAIN_FILES[dataset]).is_file()
+    return CORPORA[dataset].local_file(local_dir, "train") is not None
 
 
 def pool_documents(dataset: str, local_dir: str | None) -> list[str]:
     """The pool: C4 documents, or the WikiText-2/PTB train text as a single document."""
-    if dataset == "c4":
-        if local_dir:
-            return _c4_local(Path(local_dir), C4_TRAIN, "c4 (calibration)")
-        return _hub("c4 (calibration)", "allenai/c4", data_files={"train": C4_TRAIN}, split="train", column="text")
-    if local_dir:
-        read = wikitext2_rows_local if dataset == "wikitext2" else ptb_rows_local
-        rows = read(Path(local_dir), LOCAL_TRAIN_FILES[dataset])
-    else:
-        rows = hub_rows(dataset, "train")
-    return [join_rows(dataset, rows)]
+    data = CORPORA[dataset]
+    rows = data.rows(local_dir, "train", f"{dataset} (calibration)")
+    return rows if data.documents else [data.join(rows)]
 
 
 def sample_documents(documents: list[str], tokenizer, nsamples: int, seqlen: int,
@@ -140,7 +123,7 @@ def calibration_tokens(tokenizer, dataset: str, local_dir: str | None, nsamples:
 
     def build() -> dict:
         documents = pool_documents(dataset, local_dir)
-        if dataset == "c4":
+        if CORPORA[dataset].documents:
             lengths = _lengths(tokenizer, documents)
             eligible = sum(n > seqlen for n in lengths)
             if eligible == 0:
@@ -159,7 +142,7 @@ def calibration_tokens(tokenizer, dataset: str, local_dir: str | None, nsamples:
             "documents": int(got["documents"]), "eligible_documents": int(got["eligible"]),
             "distinct_documents_drawn": int(got["distinct"]), "nsamples": nsamples, "seqlen": seqlen,
             "seed": seed, "warning": None}
-    if dataset == "c4" and pool["distinct_documents_drawn"] < nsamples:
+    if CORPORA[dataset].documents and pool["distinct_documents_drawn"] < nsamples:
         pool["warning"] = (f"calibration pool: {nsamples} windows of {seqlen} tokens came from only "
                            f"{pool['distinct_documents_drawn']} distinct documents ({pool['eligible_documents']} of "
                            f"{pool['documents']} {dataset} documents are longer than {seqlen} tokens; the papers "

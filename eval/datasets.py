@@ -1,8 +1,11 @@
 """Evaluation text and calibration windows, from the hub or from a local folder.
 
-Every dataset has one text construction (methods.md, "Perplexity") applied to rows that come
-either from the hub or from ``data.local_dir`` (a folder laid out like ``../shared/data``);
-both sources give the same rows, hence the same text:
+Every dataset is declared once, as a :class:`Corpus` in ``CORPORA`` below: where its test and
+train splits lie (a file of ``data.local_dir``, a folder laid out like ``../shared/data``, and the
+hub location), how its rows are read and joined into the protocol's text (methods.md,
+"Perplexity"), and the metric it is scored with. Adding a dataset is one entry here; evaluation
+(``eval.datasets``), calibration (``calib.dataset``), validation and the run id read it. Both
+sources give the same rows, hence the same text:
 
 * ``wikitext2``: ``wikitext-2-raw-v1`` test rows joined with ``"\\n\\n"``;
 * ``ptb``: ``ptb_text_only`` test ``sentence`` rows joined with ``" "``;
@@ -22,17 +25,16 @@ import json
 import logging
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-EVAL_DATASETS = ("wikitext2", "ptb", "c4")
+from .metrics import PPL, Metric
+
 C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
 C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
-C4_EVAL_DOCS = 1100
-C4_EVAL_WINDOWS = 256
-# Where each evaluation set lives in a local folder laid out like ../shared/data.
-LOCAL_TEST_FILES = {"wikitext2": "wikitext2/wiki.test.raw", "ptb": "ptb/ptb.test.txt"}
 
 log = logging.getLogger(__name__)
 
@@ -41,59 +43,146 @@ class DatasetUnavailable(RuntimeError):
     """The dataset cannot be loaded here; the message is one line naming it and where we looked."""
 
 
-def check_dataset_names(names) -> list[str]:
-    """Validate ``eval.datasets``; raise naming the bad value and the accepted names."""
-    names = list(names)
-    bad = [n for n in names if n not in EVAL_DATASETS]
-    if bad:
-        raise ValueError(f"eval.datasets has unknown {bad}: accepted {list(EVAL_DATASETS)}")
-    return names
+# ---- how rows are read from a local file --------------------------------------------------
 
 
-# ---- rows: local files ------------------------------------------------------------------
-
-
-def wikitext2_rows_local(local_dir: Path, file: str = LOCAL_TEST_FILES["wikitext2"]) -> list[str]:
+def wikitext2_rows(path: Path) -> list[str]:
     """Hub rows from ``wiki.*.raw``: a line ``l`` is the row ``l + "\\n"``, a blank line ``""``."""
-    path = Path(local_dir) / file
-    _require(path, "wikitext2")
     return [line + "\n" if line.strip() else "" for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def ptb_rows_local(local_dir: Path, file: str = LOCAL_TEST_FILES["ptb"]) -> list[str]:
+def ptb_rows(path: Path) -> list[str]:
     """Hub ``sentence`` rows from ``ptb.*.txt``: the hub builder ``strip()``s each line on both
     sides (the files carry one leading and one trailing space), so we do too."""
-    path = Path(local_dir) / file
-    _require(path, "ptb")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def c4_local_file(local_dir: Path, hub_file: str) -> Path | None:
-    """The local copy of C4 ``hub_file`` (``.json.gz``, ``.jsonl`` or a ``.head*`` cut), or None."""
-    folder = Path(local_dir) / "c4"
-    candidates = sorted(folder.glob(c4_stem(hub_file) + "*.json*")) if folder.is_dir() else []
-    return candidates[0] if candidates else None
-
-
-def c4_stem(hub_file: str) -> str:
-    """``en/c4-train.00000-of-01024.json.gz`` -> ``c4-train.00000-of-01024``."""
-    return Path(hub_file).name.removesuffix(".json.gz")
-
-
-def _c4_local(local_dir: Path, hub_file: str, dataset: str) -> list[str]:
-    """C4 documents from the local copy of ``hub_file``."""
-    path = c4_local_file(local_dir, hub_file)
-    if path is None:
-        folder = Path(local_dir) / "c4"
-        raise DatasetUnavailable(f"{dataset}: no local copy of {hub_file} (looked for {folder}/{c4_stem(hub_file)}*.json[l][.gz])")
+def json_lines_text(path: Path) -> list[str]:
+    """The ``text`` field of every line of a JSON-lines file, gzipped or not (C4 shards)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
-def _require(path: Path, dataset: str) -> None:
-    if not path.is_file():
-        raise DatasetUnavailable(f"{dataset}: local file {path} not found")
+# ---- the registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where one split of a corpus lies: a file of ``data.local_dir`` and its hub location."""
+
+    local: str                 # path in data.local_dir; for a shard (``shard=True``) the name without suffix
+    hub_split: str             # the hub's split name
+    hub_file: str | None = None  # a data file of the hub repo (C4 shards), else the config's split
+    shard: bool = False        # local copy may be .json.gz, .jsonl or a .head* cut of the shard
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One text dataset, declared once (see the module docstring)."""
+
+    name: str                  # the value of eval.datasets / calib.dataset, and of metrics.csv's dataset column
+    title: str                 # how the report names it
+    splits: dict[str, Split]   # "test" (evaluation) and "train" (calibration)
+    read_local: Callable[[Path], list[str]]
+    separator: str             # rows join into the protocol's text with this
+    hub_id: str
+    hub_config: str | None = None
+    hub_column: str = "text"
+    hub_extra: dict = field(default_factory=dict)
+    strip_hub_rows: bool = False  # the hub rows carry the spaces the local builder strips
+    documents: bool = False    # calibration samples whole documents (C4), not windows of one text
+    eval_documents: int | None = None  # evaluation reads only the first documents (C4: 1,100)
+    eval_windows: int | None = None    # and keeps exactly this many windows (C4: 256)
+    metric: Metric = PPL
+
+    def local_file(self, local_dir: str | os.PathLike, split: str) -> Path | None:
+        """The local copy of ``split``, or None when the folder lacks it."""
+        where = self.splits[split]
+        if where.shard:
+            folder = Path(local_dir) / Path(where.local).parent
+            found = sorted(folder.glob(Path(where.local).name + "*.json*")) if folder.is_dir() else []
+            return found[0] if found else None
+        path = Path(local_dir) / where.local
+        return path if path.is_file() else None
+
+    def looked_for(self, split: str) -> str:
+        """What :meth:`local_file` looks for, relative to ``data.local_dir``."""
+        where = self.splits[split]
+        return f"{where.local}*.json[l][.gz]" if where.shard else where.local
+
+    def source(self, local_dir: str | None, split: str) -> dict:
+        """Where ``split`` comes from: the hub location, or the local file and its sha256
+        (``sha256`` None when the file is missing). This enters the run id."""
+        where = self.splits[split]
+        if local_dir:
+            return local_source(local_dir, self.local_file(local_dir, split), self.looked_for(split))
+        if where.hub_file:
+            found = {"source": "hub", "id": self.hub_id, "file": where.hub_file}
+            if split == "test" and self.eval_documents:
+                found["documents"] = self.eval_documents
+            return found
+        return {"source": "hub", "id": self.hub_id, "config": self.hub_config, "split": where.hub_split,
+                **self.hub_extra}
+
+    def rows(self, local_dir: str | None, split: str, label: str | None = None) -> list[str]:
+        """The rows of ``split`` from ``local_dir`` when set, else from the hub."""
+        label = label or self.name
+        where = self.splits[split]
+        if local_dir:
+            path = self.local_file(local_dir, split)
+            if path is None:
+                raise DatasetUnavailable(f"{label}: no local copy in {local_dir} "
+                                         f"(looked for {self.looked_for(split)})")
+            rows = self.read_local(path)
+        elif where.hub_file:
+            rows = _hub(label, self.hub_id, data_files={where.hub_split: where.hub_file}, split=where.hub_split,
+                        column=self.hub_column)
+        else:
+            args = (self.hub_id, self.hub_config) if self.hub_config else (self.hub_id,)
+            rows = _hub(label, *args, split=where.hub_split, column=self.hub_column, **self.hub_extra)
+            rows = [r.strip() for r in rows] if self.strip_hub_rows else rows
+        return rows[: self.eval_documents] if split == "test" and self.eval_documents else rows
+
+    def join(self, rows: list[str]) -> str:
+        """The protocol's text from ``rows``."""
+        return self.separator.join(rows)
+
+
+CORPORA = {c.name: c for c in (
+    Corpus("wikitext2", "WikiText-2", read_local=wikitext2_rows, separator="\n\n",
+           splits={"test": Split("wikitext2/wiki.test.raw", "test"),
+                   "train": Split("wikitext2/wiki.train.raw", "train")},
+           hub_id="Salesforce/wikitext", hub_config="wikitext-2-raw-v1"),
+    # The original `ptb_text_only` is a loading script that current `datasets` refuses; the
+    # hub's Parquet conversion of the same data has identical rows.
+    Corpus("ptb", "PTB", read_local=ptb_rows, separator=" ",
+           splits={"test": Split("ptb/ptb.test.txt", "test"), "train": Split("ptb/ptb.train.txt", "train")},
+           hub_id="ptb-text-only/ptb_text_only", hub_column="sentence",
+           hub_extra={"revision": "refs/convert/parquet"}, strip_hub_rows=True),
+    Corpus("c4", "C4", read_local=json_lines_text, separator=" ", documents=True,
+           splits={"test": Split("c4/" + Path(C4_VALIDATION).name.removesuffix(".json.gz"), "validation",
+                                 hub_file=C4_VALIDATION, shard=True),
+                   "train": Split("c4/" + Path(C4_TRAIN).name.removesuffix(".json.gz"), "train",
+                                  hub_file=C4_TRAIN, shard=True)},
+           hub_id="allenai/c4", eval_documents=1100, eval_windows=256),
+)}
+
+
+def corpus(name: str, setting: str = "eval.datasets") -> Corpus:
+    """The declared corpus ``name``; an unknown name is a one-line error naming the setting."""
+    if name not in CORPORA:
+        raise ValueError(f"{setting} has unknown {name!r}: accepted {list(CORPORA)}")
+    return CORPORA[name]
+
+
+def check_dataset_names(names) -> list[str]:
+    """Validate ``eval.datasets``; raise naming the bad value and the accepted names."""
+    names = list(names)
+    bad = [n for n in names if n not in CORPORA]
+    if bad:
+        raise ValueError(f"eval.datasets has unknown {bad}: accepted {list(CORPORA)}")
+    return names
 
 
 # ---- rows: hub ----------------------------------------------------------------------------
@@ -114,28 +203,6 @@ def _hub(dataset: str, *args, column: str, **kwargs) -> list[str]:
     except Exception as err:  # offline, missing config, removed loading script ...
         where = " ".join(str(a) for a in args)
         raise DatasetUnavailable(f"{dataset}: could not load {where} from the hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
-
-
-# Hub locations: (dataset id, config or None, split, column, extra load_dataset arguments).
-HUB = {
-    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {}),
-    # The original `ptb_text_only` is a loading script that current `datasets` refuses; the
-    # hub's Parquet conversion of the same data has identical rows.
-    "ptb": ("ptb-text-only/ptb_text_only", None, "sentence", {"revision": "refs/convert/parquet"}),
-}
-
-
-def hub_rows(name: str, split: str) -> list[str]:
-    """Rows of WikiText-2 or PTB ``split`` from the hub (PTB rows stripped, as the builder does)."""
-    path, config, column, extra = HUB[name]
-    args = (path, config) if config else (path,)
-    rows = _hub(name, *args, split=split, column=column, **extra)
-    return [r.strip() for r in rows] if name == "ptb" else rows
-
-
-def join_rows(name: str, rows: list[str]) -> str:
-    """The protocol's text: WikiText-2 rows joined with blank lines, the others with a space."""
-    return ("\n\n" if name == "wikitext2" else " ").join(rows)
 
 
 def file_sha256(path: Path) -> str:
@@ -163,37 +230,18 @@ def local_source(local_dir: str | os.PathLike, path: Path | None, looked_for: st
 
 
 def eval_source(name: str, local_dir: str | None) -> dict:
-    """Where evaluation set ``name`` comes from: the hub id, or the local file and its sha256
-    (``sha256`` None when the file is missing: the dataset will be reported unavailable)."""
-    if not local_dir:
-        if name == "c4":
-            return {"source": "hub", "id": "allenai/c4", "file": C4_VALIDATION, "documents": C4_EVAL_DOCS}
-        path, config, _, extra = HUB[name]
-        return {"source": "hub", "id": path, "config": config, "split": "test", **extra}
-    if name == "c4":
-        found = c4_local_file(Path(local_dir), C4_VALIDATION)
-        return local_source(local_dir, found, f"c4/{c4_stem(C4_VALIDATION)}*.json[l][.gz]")
-    file = LOCAL_TEST_FILES[name]
-    return local_source(local_dir, Path(local_dir) / file, file)
+    """Where evaluation set ``name`` comes from (:meth:`Corpus.source` of its test split)."""
+    return corpus(name).source(local_dir, "test")
 
 
 def eval_rows(name: str, local_dir: str | None) -> list[str]:
     """The rows of evaluation dataset ``name``, from ``local_dir`` when set, else the hub."""
-    if local_dir:
-        folder = Path(local_dir)
-        if name == "wikitext2":
-            return wikitext2_rows_local(folder)
-        if name == "ptb":
-            return ptb_rows_local(folder)
-        return _c4_local(folder, C4_VALIDATION, "c4")[:C4_EVAL_DOCS]
-    if name in HUB:
-        return hub_rows(name, "test")
-    return _hub(name, "allenai/c4", data_files={"validation": C4_VALIDATION}, split="validation", column="text")[:C4_EVAL_DOCS]
+    return corpus(name).rows(local_dir, "test")
 
 
 def eval_text(name: str, local_dir: str | None) -> str:
     """The joined test text of ``name`` exactly as the SparseGPT/Wanda/SparseLLM protocol builds it."""
-    return join_rows(name, eval_rows(check_dataset_names([name])[0], local_dir))
+    return corpus(name).join(eval_rows(name, local_dir))
 
 
 # ---- tokenization, cached ---------------------------------------------------------------
@@ -232,13 +280,14 @@ def tokenizer_id(tokenizer) -> str:
 
 
 def eval_tokens(name: str, tokenizer, local_dir: str | None, seqlen: int, cache_dir: str | None = None) -> torch.Tensor:
-    """Token ids (1 x n) of the test text; C4 truncated to exactly 256 windows of ``seqlen``."""
+    """Token ids (1 x n) of the test text; C4 truncated to exactly ``eval_windows`` (256) windows of ``seqlen``."""
 
     def build():
         ids = torch.tensor([tokenizer(eval_text(name, local_dir)).input_ids], dtype=torch.long)
-        return ids[:, : C4_EVAL_WINDOWS * seqlen] if name == "c4" else ids
+        windows = corpus(name).eval_windows
+        return ids[:, : windows * seqlen] if windows else ids
 
     key = {"kind": f"eval-{name}", "source": eval_source(name, local_dir), "tok": tokenizer_id(tokenizer),
-           "seqlen": seqlen if name == "c4" else None}
+           "seqlen": seqlen if corpus(name).eval_windows else None}
     key["source"].pop("path", None)  # content, not location
     return cached(cache_dir, key, build)

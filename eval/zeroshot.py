@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from .metrics import ACC, ZEROSHOT_MEAN, ZEROSHOT_NAMES
+
 log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "tasks"
@@ -51,7 +53,8 @@ def quiet_lm_eval() -> None:
         if not any(isinstance(f, HarmlessLmEvalWarnings) for f in logger.filters):
             logger.addFilter(HarmlessLmEvalWarnings())
 DEFAULT_CACHE = Path("~/.cache/llm-prune-bench/zeroshot")
-METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+# lm-eval result keys kept per task: each zero-shot metric (eval/metrics.py) and its standard error.
+METRICS = tuple(k for m in ZEROSHOT_NAMES for k in (m, m + "_stderr"))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -311,17 +314,17 @@ def evaluate_zeroshot(model, tokenizer, tasks: list[str], limit: int | None,
             msg = missing.get(task) or f"{task}: lm-eval returned no result"
             if task not in missing:
                 log.warning(msg)
-            rows.append({"dataset": task, "metric": "acc", "value": math.nan,
+            rows.append({"dataset": task, "metric": ACC.name, "value": math.nan,
                          "status": "unavailable", "message": msg})
             continue
         res = results[task]
         ok[task] = {m: _as_float(res[f"{m},none"]) for m in METRICS if f"{m},none" in res}
         rows += [{"dataset": task, "metric": m, "value": v, "status": "ok", "message": ""}
                  for m, v in ok[task].items()]
-    for metric in ("acc", "acc_norm"):
+    for metric in ZEROSHOT_NAMES:
         have = [t for t in ok if metric in ok[t]]
         if have:
-            rows.append({"dataset": "zeroshot_mean", "metric": metric,
+            rows.append({"dataset": ZEROSHOT_MEAN, "metric": metric,
                          "value": float(sum(ok[t][metric] for t in have) / len(have)),
                          "status": "ok", "message": "mean over " + ", ".join(have)})
     return rows

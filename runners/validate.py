@@ -30,10 +30,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eval.datasets import LOCAL_TEST_FILES
+from eval.datasets import CORPORA
 from pruners.pattern import SparsityPattern
 
 from runners.cli import CONF
+from runners.execution.adapters import family_named
 from runners.execution.engine import resolve_layers
 
 SHAPES = CONF / "shapes"
@@ -179,11 +180,8 @@ def model_shape(cfg: DictConfig) -> dict | None:
     """The model's config.json fields that validation needs, without loading it (None: unknown)."""
     m = cfg.model
     if m.source == "tiny":
-        t = dict(m.tiny or {})
-        hidden, ffn = t.get("hidden_size", 64), t.get("ffn_dim", 256)
-        return {"hidden_size": hidden, "num_hidden_layers": t.get("num_layers", 3),
-                "intermediate_size" if m.family == "llama" else "ffn_dim": ffn,
-                "max_position_embeddings": t.get("max_positions", 2048), "num_attention_heads": t.get("heads", 4)}
+        family = family_named(m.family, "model.family (tiny model)")
+        return family.tiny_config(dict(m.tiny or {})).to_dict()
     shipped = SHAPES / f"{m.name}.json"
     if shipped.is_file():
         return json.loads(shipped.read_text())
@@ -244,10 +242,11 @@ def check_files(cfg: DictConfig) -> None:
     local = cfg.data.local_dir
     if local:
         for name in cfg.eval.datasets:
-            file = LOCAL_TEST_FILES.get(name)
-            path = Path(local) / file if file else None
-            if path is None or not path.exists():
-                continue  # reported `unavailable` by the run, which goes on with the rest
+            data = CORPORA.get(name)
+            path = data.local_file(local, "test") if data else None
+            if path is None or data.splits["test"].shard:
+                continue  # missing: reported `unavailable` by the run, which goes on; shards: JSON, read by the run
+            file = path.relative_to(local)
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from runners.reporting.aggregate import Stat
-from runners.reporting.formatting import COLLAPSED, TINY_VOCAB, number, vocab_size
+from runners.execution.adapters import FAMILIES
+from runners.reporting.formatting import COLLAPSED, number, vocab_size
 from runners.reporting.report import build_report, summarize
 from tests.paper_store import paper_store
 
@@ -107,18 +108,18 @@ def test_unavailable_everywhere_dropped_with_one_note(built):
 
 
 def test_vocab_size_sources(tmp_path):
-    """Recorded config first, then conf/shapes, then the tiny defaults (which match runners/execution/models.py)."""
+    """Recorded config first, then conf/shapes, then the tiny defaults (runners/execution/adapters.py)."""
     from runners.execution.models import ModelSpec, _tiny_model
 
     tiny = {"source": "tiny", "family": "opt", "tiny": {"hidden_size": 8, "num_layers": 1, "ffn_dim": 8,
                                                         "heads": 2}}
-    assert vocab_size("tiny-opt", [{"config": {"model": tiny}}]) == (50272, "tiny opt default of runners/execution/models.py")
+    assert vocab_size("tiny-opt", [{"config": {"model": tiny}}]) == (50272, "tiny opt default of runners/execution/adapters.py")
     tiny["tiny"]["vocab_size"] = 1000
     assert vocab_size("tiny-opt", [{"config": {"model": tiny}}])[0] == 1000
     assert vocab_size("smollm2-135m", [{"config": {}}]) == (49152, "conf/shapes/smollm2-135m.json")
     assert vocab_size("tiny-llama", [{}])[0] == 49152          # no recorded config: conf/model/tiny-llama.yaml
     assert vocab_size("some-hub-model", [{}]) == (None, "")    # nothing says: no marker
-    for family, vocab in TINY_VOCAB.items():
+    for family, vocab in ((name, f.tiny_vocab) for name, f in FAMILIES.items()):
         spec = ModelSpec(name=f"tiny-{family}", source="tiny", family=family,
                          tiny={"hidden_size": 8, "num_layers": 1, "ffn_dim": 8, "heads": 2, "kv_heads": 1})
         assert _tiny_model(spec, 0).config.vocab_size == vocab

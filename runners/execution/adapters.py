@@ -1,6 +1,9 @@
-"""Model-family adapters: where a causal LM keeps its decoder blocks and what is inside them.
+"""Model families, declared once: where a causal LM keeps its decoder blocks, what is inside
+them, and how a tiny random model of the family is built for tests.
 
-The engine and the pruners know models only through this seam, so no pruner hard-codes
+The engine, the pruners, model loading (tiny models and their tokenizers), validation (the
+config.json fields of a block) and the report (a tiny model's vocabulary) read a family only
+from ``FAMILIES`` here, so adding a family is one entry in this module and no pruner hard-codes
 ``fc1`` or ``down_proj``. Two families cover the models the literature prunes:
 
 * ``opt``: OPT (``model.model.decoder.layers``; MLP ``fc1 -> ReLU -> fc2`` with biases);
@@ -15,8 +18,10 @@ by hand (rebuilding them is what breaks other tools on transformers upgrades).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
+from transformers import LlamaConfig, OPTConfig, PretrainedConfig
 
 from pruners.base import LinearGroup, MlpSpec
 
@@ -32,6 +37,14 @@ class FamilyAdapter:
     head_paths: tuple[str, ...]
     groups: tuple[tuple[str, tuple[str, ...]], ...]
     mlp: MlpSpec
+    ffn_key: str                                  # config.json field of the MLP width
+    tiny_config: Callable[[dict], PretrainedConfig]  # model.tiny settings -> a tiny random model's config
+    tiny_tokenizer: str                           # "smollm2" (the embedded one) or "gpt2"
+
+    @property
+    def tiny_vocab(self) -> int:
+        """A tiny model's vocabulary when model.tiny gives none (the report needs it without a model)."""
+        return self.tiny_config({}).vocab_size
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The decoder blocks, in order."""
@@ -67,6 +80,21 @@ def _optional(root: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
+def _tiny_opt(t: dict) -> PretrainedConfig:
+    hidden = t.get("hidden_size", 64)
+    return OPTConfig(vocab_size=t.get("vocab_size", 50272), hidden_size=hidden, num_hidden_layers=t.get("num_layers", 3),
+                     ffn_dim=t.get("ffn_dim", 256), num_attention_heads=t.get("heads", 4), word_embed_proj_dim=hidden,
+                     max_position_embeddings=t.get("max_positions", 2048))
+
+
+def _tiny_llama(t: dict) -> PretrainedConfig:
+    heads = t.get("heads", 4)
+    return LlamaConfig(vocab_size=t.get("vocab_size", 49152), hidden_size=t.get("hidden_size", 64),
+                       num_hidden_layers=t.get("num_layers", 3), intermediate_size=t.get("ffn_dim", 256),
+                       num_attention_heads=heads, num_key_value_heads=t.get("kv_heads", heads // 2),
+                       max_position_embeddings=t.get("max_positions", 2048), tie_word_embeddings=True)
+
+
 OPT = FamilyAdapter(
     family="opt",
     model_types=("opt",),
@@ -80,6 +108,9 @@ OPT = FamilyAdapter(
         ("mlp_out", ("fc2",)),
     ),
     mlp=MlpSpec(kind="relu", up="fc1", down="fc2"),
+    ffn_key="ffn_dim",
+    tiny_config=_tiny_opt,
+    tiny_tokenizer="gpt2",
 )
 
 LLAMA = FamilyAdapter(
@@ -95,9 +126,20 @@ LLAMA = FamilyAdapter(
         ("mlp_out", ("mlp.down_proj",)),
     ),
     mlp=MlpSpec(kind="gated_silu", up="mlp.up_proj", down="mlp.down_proj", gate="mlp.gate_proj"),
+    ffn_key="intermediate_size",
+    tiny_config=_tiny_llama,
+    tiny_tokenizer="smollm2",
 )
 
-ADAPTERS = (OPT, LLAMA)
+FAMILIES = {f.family: f for f in (OPT, LLAMA)}
+ADAPTERS = tuple(FAMILIES.values())
+
+
+def family_named(name: str | None, setting: str = "model.family") -> FamilyAdapter:
+    """The declared family ``name``; anything else is a one-line error naming the accepted ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"{setting}={name!r} is not valid: accepted {', '.join(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.calibration import calibration_tokens
 from eval.datasets import DatasetUnavailable, eval_tokens
 from eval.blockwise import blockwise_perplexity, use_blockwise
+from eval.metrics import PPL, WHOLE_RUN
 from eval.perplexity import perplexity
 
 from runners.execution import claims, provenance, store
@@ -64,7 +65,7 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
             ids = eval_tokens(name, tokenizer, c.data.local_dir, c.eval.seqlen, c.cache_dir)
         except DatasetUnavailable as err:
             log.warning("%s", err)
-            rows.append({"dataset": name, "metric": "ppl", "value": float("nan"), "status": "unavailable",
+            rows.append({"dataset": name, "metric": PPL.name, "value": float("nan"), "status": "unavailable",
                          "message": str(err)})
             continue
         if blockwise:
@@ -74,7 +75,7 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
                              f"{name} perplexity")
         status = "ok" if math.isfinite(ppl) else "nan"
         log.info("%s perplexity %.4g", name, ppl)
-        rows.append({"dataset": name, "metric": "ppl", "value": ppl, "status": status, "message": ""})
+        rows.append({"dataset": name, "metric": PPL.name, "value": ppl, "status": status, "message": ""})
     tasks = list(c.eval.zeroshot.tasks or [])
     if tasks:
         from eval.zeroshot import evaluate_zeroshot
@@ -264,7 +265,7 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         log.error("run %s failed (%s): %s", rid, status, err)
         extra["error"] = "".join(traceback.format_exception_only(type(err), err)).strip()
         extra["traceback"] = traceback.format_exc()
-        rows = [{"dataset": "all", "metric": "ppl", "value": float("nan"), "status": status,
+        rows = [{"dataset": WHOLE_RUN, "metric": PPL.name, "value": float("nan"), "status": status,
                  "message": extra["error"].splitlines()[0][:300]}]
     store.finish_run(folder, _rows(run, key, rid, rows), METRIC_COLUMNS, _manifest(run, key, status, times, memory,
                                                                                   extra))

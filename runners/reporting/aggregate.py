@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from eval.metrics import PERCENT_NAMES, PPL, WHOLE_RUN
 from runners.reporting.formatting import number
 from runners.reporting.labels import GROUP, VARYING, pruner_order, row_labels, sparsity_order
 
@@ -68,7 +69,7 @@ def is_valid(value, status) -> bool:
 
 def expand_failed(frame: pd.DataFrame, targets: list[tuple[str, str]]) -> pd.DataFrame:
     """Replace each failed run's single ``dataset=all`` row by one copy per ``(dataset, metric)`` target."""
-    failed = frame["dataset"] == "all"
+    failed = frame["dataset"] == WHOLE_RUN
     if not failed.any() or not targets:
         return frame[~failed]
     copies = [frame[failed].assign(dataset=ds, metric=m) for ds, m in targets]
@@ -140,12 +141,12 @@ def paired_differences(frame: pd.DataFrame) -> pd.DataFrame:
     A and B are row labels (the pruner plus whatever else varies, except ``layers``, which is part
     of the pairing key); A comes first in the papers' pruner order. Accuracies are in %.
     """
-    rows = frame[(frame["pruner"] != "dense") & (frame["dataset"] != "all")]
+    rows = frame[(frame["pruner"] != "dense") & (frame["dataset"] != WHOLE_RUN)]
     rows = rows[[is_valid(v, s) for v, s in zip(rows["value"], rows["status"])]].copy()
     if rows.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)
     rows["label"] = row_labels(rows, exclude=("layers",))
-    rows["x"] = rows["value"].astype(float) * np.where(rows["metric"].isin(["acc", "acc_norm"]), 100.0, 1.0)
+    rows["x"] = rows["value"].astype(float) * np.where(rows["metric"].isin(PERCENT_NAMES), 100.0, 1.0)
     rows["seed"] = rows["seed"].astype(str)
     out = []
     for (sp, layers, ds, metric), g in rows.groupby(["sparsity", "layers", "dataset", "metric"], sort=False):
@@ -165,7 +166,7 @@ def paired_differences(frame: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     datasets = list(dict.fromkeys(rows["dataset"]))  # the order the runs evaluated them in
-    order = table.apply(lambda r: (sparsity_order(r["sparsity"]), r["layers"], r["metric"] != "ppl",
+    order = table.apply(lambda r: (sparsity_order(r["sparsity"]), r["layers"], r["metric"] != PPL.name,
                                    datasets.index(r["dataset"]), r["metric"], pruner_order(r["A"]),
                                    pruner_order(r["B"])), axis=1)
     return table.loc[order.sort_values().index].reset_index(drop=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.metrics import WHOLE_RUN
 from runners.reporting.aggregate import aggregate
 from runners.reporting.formatting import number
 from runners.reporting.labels import pruner_order, sparsity_order, sparsity_ratio
@@ -62,7 +63,7 @@ def compare(metrics: pd.DataFrame, published: pd.DataFrame, no_calibration=froze
         ours = metrics[(metrics["model"] == ref["model"])
                        & metrics["pruner"].isin(ALIASES.get(ref["pruner"], (ref["pruner"],)))
                        & (metrics["sparsity"] == ref["sparsity"]) & (metrics["metric"] == ref["metric"])
-                       & metrics["dataset"].isin([ref["dataset"], "all"])]
+                       & metrics["dataset"].isin([ref["dataset"], WHOLE_RUN])]
         if ref["pruner"] != "dense":
             ours = ours[ours["layers"] == ref["layers"]]
         if str(ref["eval_seqlen"]).strip():

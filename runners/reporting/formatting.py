@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.metrics import PPL, WHOLE_RUN, ZEROSHOT_MEAN
+from runners.execution.adapters import FAMILIES
+
 ROOT = Path(__file__).resolve().parents[2]
 COLLAPSED = "†"
 SIGNIFICANT = 4
 SCIENTIFIC_FROM = 1e5
-# The vocabulary sizes _tiny_model in runners/execution/models.py uses when model.tiny gives none
-# (tests/test_formatting.py checks that the two agree).
-TINY_VOCAB = {"llama": 49152, "opt": 50272}
 
 
 def number(value: float) -> str:
@@ -88,7 +88,7 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
     Order: a ``vocab_size`` in a run's recorded model config (``model.vocab_size`` or
     ``model.tiny.vocab_size``); ``conf/shapes/<model>.json``; for a tiny random model (recorded
     ``source: tiny``, or the repository's ``conf/model/<model>.yaml`` when the run recorded no
-    config) the default of runners/execution/models.py for its family.
+    config) the default of runners/execution/adapters.py for its family.
     """
     configs = [_model_config(m) for m in manifests]
     for cfg in configs:
@@ -107,19 +107,19 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
     recorded = [c for c in configs if c]
     for cfg, where in [(c, "recorded config") for c in recorded] or [(_repo_model_config(model),
                                                                       f"conf/model/{model}.yaml")]:
-        if cfg.get("source") == "tiny" and cfg.get("family") in TINY_VOCAB:
+        if cfg.get("source") == "tiny" and cfg.get("family") in FAMILIES:
             tiny = cfg.get("tiny") or {}
             if tiny.get("vocab_size"):
                 return int(tiny["vocab_size"]), f"{where}, model.tiny.vocab_size"
-            return TINY_VOCAB[cfg["family"]], f"tiny {cfg['family']} default of runners/execution/models.py"
+            return FAMILIES[cfg["family"]].tiny_vocab, f"tiny {cfg['family']} default of runners/execution/adapters.py"
     return None, ""
 
 
-def unavailable_everywhere(frame: pd.DataFrame, metrics=("ppl",)) -> dict[str, str]:
+def unavailable_everywhere(frame: pd.DataFrame, metrics=(PPL.name,)) -> dict[str, str]:
     """``{dataset: message}`` of the datasets (of rows with a metric in ``metrics``) that are
     ``unavailable`` in every run that has a row for them. A run that failed as a whole (one
     ``dataset=all`` row) says nothing about a dataset and does not count."""
-    rows = frame[frame["metric"].isin(metrics) & ~frame["dataset"].isin(["all", "zeroshot_mean"])]
+    rows = frame[frame["metric"].isin(metrics) & ~frame["dataset"].isin([WHOLE_RUN, ZEROSHOT_MEAN])]
     out = {}
     for ds, g in rows.groupby("dataset", sort=False):
         if (g["status"].astype(str) == "unavailable").all():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.metrics import ACC, PPL, ZEROSHOT_MEAN
 from runners.reporting.labels import is_dense, row_labels, sparsity_order
 
 ALLOCATION_METRICS = ("target_sparsity", "sparsity", "outlier_ratio")
@@ -33,11 +34,11 @@ def _prune_seconds(run_ids, manifests: dict) -> float:
 def leaderboard(frame: pd.DataFrame, manifests: dict) -> dict[str, pd.DataFrame]:
     """One ranked table per sparsity label of ``frame`` (normalized metric rows of one model and protocol)."""
     frame = frame.assign(label=row_labels(frame))
-    ppl = frame[(frame["metric"] == "ppl") & (frame["status"] == "ok")]
+    ppl = frame[(frame["metric"] == PPL.name) & (frame["status"] == "ok")]
     datasets = list(dict.fromkeys(ppl["dataset"]))
     if not datasets:
         return {}
-    zs = frame[(frame["dataset"] == "zeroshot_mean") & (frame["metric"] == "acc") & (frame["status"] == "ok")]
+    zs = frame[(frame["dataset"] == ZEROSHOT_MEAN) & (frame["metric"] == ACC.name) & (frame["status"] == "ok")]
     dense = frame[frame["label"].map(is_dense)]
     tables = {}
     for sp in sorted(set(frame.loc[~frame["label"].map(is_dense), "sparsity"]), key=sparsity_order):

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from eval.metrics import ACC, PPL, WHOLE_RUN, ZEROSHOT_MEAN
 from runners.reporting.aggregate import aggregate, expand_failed
 from runners.reporting.formatting import unavailable_everywhere
 from runners.reporting.labels import pruner_order, row_labels, sparsity_order, sparsity_ratio
@@ -147,13 +148,13 @@ def _failed_entry(failed: list[str]) -> list[tuple]:
 def ppl_vs_sparsity(frame: pd.DataFrame, title: str = "") -> Figure | None:
     """Perplexity vs sparsity, one panel per dataset with at least one valid value, one line per
     pruner, log y, ± std error bars over seeds, dense and uniform-guess lines (None: no data)."""
-    ppl = frame[frame["metric"] == "ppl"]
+    ppl = frame[frame["metric"] == PPL.name]
     dropped = unavailable_everywhere(ppl)
     ppl = ppl[~ppl["dataset"].isin(list(dropped))]
-    datasets = [d for d in ppl["dataset"].unique() if d != "all"]
+    datasets = [d for d in ppl["dataset"].unique() if d != WHOLE_RUN]
     if ppl.empty or not datasets:
         return None
-    ppl = aggregate(expand_failed(ppl, [(ds, "ppl") for ds in datasets]))
+    ppl = aggregate(expand_failed(ppl, [(ds, PPL.name) for ds in datasets]))
     datasets = [d for d in datasets if (ppl.loc[ppl["dataset"] == d, "n"] > 0).any()]  # no empty panel
     if not datasets:
         return None
@@ -170,14 +171,14 @@ def ppl_vs_sparsity(frame: pd.DataFrame, title: str = "") -> Figure | None:
     return finish(fig, title or "Perplexity vs sparsity", entries + _failed_entry(failed))
 
 
-def zeroshot_vs_sparsity(frame: pd.DataFrame, metric: str = "acc", title: str = "") -> Figure | None:
+def zeroshot_vs_sparsity(frame: pd.DataFrame, metric: str = ACC.name, title: str = "") -> Figure | None:
     """Mean zero-shot accuracy (%) vs sparsity, one line per pruner, ± std error bars over seeds
     (None: no zero-shot rows)."""
-    zs = frame[((frame["dataset"] == "zeroshot_mean") & (frame["metric"] == metric))
-               | ((frame["dataset"] == "all") & (frame["status"] != "ok"))]
-    if not (zs["dataset"] == "zeroshot_mean").any():
+    zs = frame[((frame["dataset"] == ZEROSHOT_MEAN) & (frame["metric"] == metric))
+               | ((frame["dataset"] == WHOLE_RUN) & (frame["status"] != "ok"))]
+    if not (zs["dataset"] == ZEROSHOT_MEAN).any():
         return None
-    zs = aggregate(expand_failed(zs, [("zeroshot_mean", metric)]))
+    zs = aggregate(expand_failed(zs, [(ZEROSHOT_MEAN, metric)]))
     if not (zs["n"] > 0).any():
         return None
     zs["row"] = row_labels(zs)

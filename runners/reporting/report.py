@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.metrics import ACC, PPL, ZEROSHOT_NAMES
 from runners.reporting import plots
 from runners.reporting.aggregate import long_table, paired_differences, paired_text
 from runners.reporting.compare import REFERENCE, compare, comparison_table, load_published, nearest_published
@@ -58,7 +59,7 @@ def without_dropped(metrics: pd.DataFrame) -> pd.DataFrame:
         return metrics
     keep = pd.Series(True, index=metrics.index)
     for _, g in metrics.groupby(GROUP, sort=False):
-        for kind in (("ppl",), ("acc", "acc_norm")):
+        for kind in ((PPL.name,), ZEROSHOT_NAMES):
             dropped = list(unavailable_everywhere(g, kind))
             keep[g.index[g["metric"].isin(kind) & g["dataset"].isin(dropped)]] = False
     return metrics[keep]
@@ -220,12 +221,12 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
                 _plot(plots.ppl_vs_sparsity(frame, f"Perplexity vs sparsity: {title}"), plot_dir, f"ppl__{slug}",
                       "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title),
                 *leaderboard_section(frame, store.manifests)]
-        for metric in ("acc", "acc_norm"):
+        for metric in ZEROSHOT_NAMES:
             table = zeroshot_grid(frame, metric, f"Zero-shot {metric} (%): {title}")
             if table is not None:
                 doc += [f"### Zero-shot {metric} (%)", "",
                         _write_table(table, tables, f"zeroshot_{metric}__{slug}", shown)]
-        fig = plots.zeroshot_vs_sparsity(frame, "acc", f"Mean zero-shot acc vs sparsity: {title}")
+        fig = plots.zeroshot_vs_sparsity(frame, ACC.name, f"Mean zero-shot acc vs sparsity: {title}")
         doc.append(_plot(fig, plot_dir, f"zeroshot__{slug}", "mean zero-shot accuracy vs sparsity"))
         sp = sparsity_label(block_sparsity) if block_sparsity else plots.default_block_sparsity(blocks)
         if sp is not None and not blocks.empty:

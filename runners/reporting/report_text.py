@@ -11,6 +11,8 @@ from pathlib import PurePath
 
 import pandas as pd
 
+from eval.metrics import ACC, PPL, WHOLE_RUN, ZEROSHOT_MEAN
+
 
 def join(values) -> str:
     """```a`, `b``` in first-seen order, without repeats."""
@@ -121,11 +123,11 @@ def protocol_lines(frame: pd.DataFrame, manifests: dict, fallbacks: pd.DataFrame
     fallbacks = fallbacks if fallbacks is not None else pd.DataFrame(columns=["run_id", "block", "kind", "value"])
     pruned = frame[frame["pruner"] != "dense"].drop_duplicates("run_id")
     first = frame.iloc[0]
-    datasets = [d for d in frame.loc[frame["metric"] == "ppl", "dataset"].unique() if d != "all"]
+    datasets = [d for d in frame.loc[frame["metric"] == PPL.name, "dataset"].unique() if d != WHOLE_RUN]
     windows = "every window" if first["eval_max_windows"] == "all" else f"the first {first['eval_max_windows']} windows"
     lines = [f"- Evaluation: perplexity on {join(datasets) or 'none'}, non-overlapping windows of "
              f"{first['eval_seqlen']} tokens, {windows} of each test set."]
-    tasks = [d for d in frame.loc[frame["metric"] == "acc", "dataset"].unique() if d != "zeroshot_mean"]
+    tasks = [d for d in frame.loc[frame["metric"] == ACC.name, "dataset"].unique() if d != ZEROSHOT_MEAN]
     if tasks:
         lines.append(f"- Zero-shot (lm-eval, 0-shot): {join(tasks)}; mean over the tasks that ran.")
     runs_first = frame.drop_duplicates("run_id")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from eval.metrics import ACC, METRICS, PPL, WHOLE_RUN, ZEROSHOT_MEAN, ZEROSHOT_NAMES
 from runners.reporting.aggregate import aggregate, expand_failed
 from runners.reporting.formatting import COLLAPSED, collapsed_note, dropped_note, is_collapsed, number, unavailable_everywhere
 # GROUP, VARYING, PRUNER_ORDER, normalize, sparsity_ratio: re-exported for code that imported them from here.
@@ -76,12 +77,12 @@ def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
     each cell aggregated over seeds (``mean ± std (n=3)``; the plain value for a single seed).
     Datasets unavailable in every run get no column (a note instead); a perplexity above the
     vocabulary size (``vocab_size`` column, see :func:`vocab_of`) is marked collapsed."""
-    ppl = frame[frame["metric"] == "ppl"].copy()
+    ppl = frame[frame["metric"] == PPL.name].copy()
     ppl["sparsity"], ppl["status"] = ppl["sparsity"].map(sparsity_label), ppl["status"].astype(str)
     dropped = unavailable_everywhere(ppl)
     ppl = ppl[~ppl["dataset"].isin(list(dropped))]
-    datasets = [d for d in ppl["dataset"].unique() if d != "all"]
-    agg = aggregate(expand_failed(ppl, [(ds, "ppl") for ds in datasets]))  # a failed run fills its row
+    datasets = [d for d in ppl["dataset"].unique() if d != WHOLE_RUN]
+    agg = aggregate(expand_failed(ppl, [(ds, PPL.name) for ds in datasets]))  # a failed run fills its row
     agg["row"] = row_labels(agg)
     pruned = agg[agg["pruner"] != "dense"]
     sparsities = sorted(pruned["sparsity"].unique(), key=sparsity_order) or ["0"]
@@ -91,7 +92,8 @@ def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
             entries[(r["row"], (sp, r["dataset"]))] = r["stat"]
     rows = sorted(agg["row"].unique(), key=pruner_order)
     vocab, model, source = vocab_of(frame)
-    table = _grid(entries, rows, [(sp, ds) for sp in sparsities for ds in datasets], True, 1.0, title, vocab)
+    table = _grid(entries, rows, [(sp, ds) for sp in sparsities for ds in datasets],
+                  not PPL.higher_is_better, 1.0, title, vocab)
     if any(COLLAPSED in str(v) for v in table.text.to_numpy().ravel()):
         table.notes.append(collapsed_note(int(vocab), model, source))
     table.notes += [dropped_note(ds, msg) for ds, msg in dropped.items()]
@@ -111,22 +113,23 @@ def _zeroshot_order(label: str) -> tuple:
     return pruner_order(label)[:2], sp, label
 
 
-def zeroshot_grid(frame: pd.DataFrame, metric: str = "acc", title: str | None = None) -> Table | None:
+def zeroshot_grid(frame: pd.DataFrame, metric: str = ACC.name, title: str | None = None) -> Table | None:
     """Rows = pruner and sparsity (dense on top), columns = tasks then their mean, in %, aggregated
     over seeds (None: no tasks)."""
-    dropped = unavailable_everywhere(frame, ("acc", "acc_norm"))
-    tasks = [d for d in frame.loc[frame["metric"].isin(["acc", "acc_norm"]), "dataset"].unique()
-             if d not in ("zeroshot_mean", "all") and d not in dropped]
+    dropped = unavailable_everywhere(frame, ZEROSHOT_NAMES)
+    tasks = [d for d in frame.loc[frame["metric"].isin(ZEROSHOT_NAMES), "dataset"].unique()
+             if d not in (ZEROSHOT_MEAN, WHOLE_RUN) and d not in dropped]
     if not tasks or not (frame["metric"] == metric).any():
         return None
-    zs = frame[frame["dataset"].isin(tasks + ["zeroshot_mean"]) | (frame["dataset"] == "all")]
-    zs = zs[(zs["metric"] == metric) | ((zs["dataset"] == "all") & (zs["status"] != "ok"))]
-    agg = aggregate(expand_failed(zs, [(t, metric) for t in tasks + ["zeroshot_mean"]]))
+    zs = frame[frame["dataset"].isin(tasks + [ZEROSHOT_MEAN]) | (frame["dataset"] == WHOLE_RUN)]
+    zs = zs[(zs["metric"] == metric) | ((zs["dataset"] == WHOLE_RUN) & (zs["status"] != "ok"))]
+    agg = aggregate(expand_failed(zs, [(t, metric) for t in tasks + [ZEROSHOT_MEAN]]))
     agg["row"] = row_labels(agg, with_sparsity=True)
-    entries = {(r["row"], "mean" if r["dataset"] == "zeroshot_mean" else r["dataset"]): r["stat"]
+    entries = {(r["row"], "mean" if r["dataset"] == ZEROSHOT_MEAN else r["dataset"]): r["stat"]
                for _, r in agg.iterrows()}
     rows = sorted(agg["row"].unique(), key=_zeroshot_order)
-    table = _grid(entries, rows, tasks + ["mean"], False, 100.0, title or f"Zero-shot {metric} (%)")
+    table = _grid(entries, rows, tasks + ["mean"], not METRICS[metric].higher_is_better,
+                  100.0 if METRICS[metric].percent else 1.0, title or f"Zero-shot {metric} (%)")
     table.notes += [dropped_note(ds, msg) for ds, msg in dropped.items()]
     return table
 
