@@ -14,8 +14,10 @@ engine asks the allocation for one sparsity per block and hands each block's pru
   parameter-weighted mean equal to the target (see ``spread``). Paper defaults: m=5, lam=0.08.
 
 The overall sparsity stays exact: per-block zero counts are rounded so that they sum to
-``round(s * total)`` (``exact_counts``), and each block's ratio is its count over its size, so a
-pruner that rounds per matrix lands within one weight per matrix of the total.
+``round(s * total)`` (``exact_counts``), each block's ratio is its count over its size, and the
+block's pattern is ``exact`` (``SparsityPattern.zeros``): every matrix gets ``round(ratio x numel)``
+zeros, a per-row pruner (Wanda) spreading the remainder over its rows and SparseGPT over its
+column blocks, so the total lands within one weight per matrix of ``round(s * total)``.
 """
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ class Owl:
     lam: float = 0.08
     name: str = "owl"
     needs_calibration: bool = True
+    exact: bool = True
 
     def check(self, pattern: SparsityPattern) -> None:
         """N:M fixes every group's sparsity, so there is nothing to allocate; the spread must fit in [0, 1)."""
@@ -119,7 +122,7 @@ class Owl:
         self.check(pattern)
         targets = spread(measures, sizes, pattern.ratio, self.lam)
         counts = exact_counts(targets, sizes, pattern.ratio)
-        return {i: SparsityPattern(counts[i] / sizes[i]) for i in sizes}
+        return {i: SparsityPattern(counts[i] / sizes[i], exact=self.exact) for i in sizes}
 
 
 def uniform(name: str = "uniform") -> Uniform:
@@ -127,13 +130,16 @@ def uniform(name: str = "uniform") -> Uniform:
     return Uniform(name)
 
 
-def owl(name: str = "owl", m: float = 5.0, lam: float = 0.08) -> Owl:
-    """Builder of ``conf/allocation/owl.yaml``: ``m`` the outlier threshold (x mean), ``lam`` the spread."""
+def owl(name: str = "owl", m: float = 5.0, lam: float = 0.08, exact: bool = True) -> Owl:
+    """Builder of ``conf/allocation/owl.yaml``: ``m`` the outlier threshold (x mean), ``lam`` the
+    spread, ``exact`` whole-matrix zero counts (see the module docstring)."""
     if not (isinstance(m, (int, float)) and m > 0):
         raise ValueError(f"allocation.m={m!r} is not valid: accepted a number > 0 (paper: 5)")
     if not (isinstance(lam, (int, float)) and 0 <= lam < 0.5):
         raise ValueError(f"allocation.lam={lam!r} is not valid: accepted a number in [0, 0.5) (paper: 0.08)")
-    return Owl(float(m), float(lam), name)
+    if not isinstance(exact, bool):
+        raise ValueError(f"allocation.exact={exact!r} is not valid: accepted true or false")
+    return Owl(float(m), float(lam), name, exact=exact)
 
 
 __all__ = ["Owl", "Uniform", "exact_counts", "outlier_ratio", "owl", "spread", "uniform"]

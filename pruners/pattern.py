@@ -31,6 +31,18 @@ class SparsityPattern:
     ratio: float
     n_zero: int | None = None
     m: int | None = None
+    # True: the zero count is exact for every matrix, round(ratio * numel), and a pruner whose
+    # comparison group is a row (or a column block) spreads the remainder over its groups
+    # instead of flooring each one. Layer-wise allocations set it (their block ratios are
+    # count / size, so flooring per row would lose up to one weight per row, and the overall
+    # sparsity would drift from the target); the uniform protocol keeps the papers' per-row
+    # floor. Not part of the label: a block's pattern never names a run.
+    exact: bool = False
+
+    def zeros(self, numel: int) -> int:
+        """Zeros an unstructured matrix (or group) of ``numel`` weights gets: the papers'
+        ``int(numel * ratio)``, or ``round(numel * ratio)`` when ``exact``."""
+        return round(numel * self.ratio) if self.exact else int(numel * self.ratio)
 
     @property
     def is_nm(self) -> bool:
@@ -116,6 +128,25 @@ def lowest_k_per_row_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
+def spread_per_row_mask(scores: torch.Tensor, total: int) -> torch.Tensor:
+    """Mask of exactly ``total`` entries with each row's lowest scores, row counts differing by at
+    most one: every row gets ``total // rows``, and the ``total % rows`` rows whose next-lowest
+    score is smallest get one more (the cheapest extra zeros, as a per-row criterion sees them)."""
+    rows, cols = scores.shape
+    base, extra = divmod(int(total), rows)
+    if base >= cols:
+        return torch.ones_like(scores, dtype=torch.bool)
+    order = torch.argsort(scores, dim=1, stable=True)
+    counts = torch.full((rows,), base, dtype=torch.long, device=scores.device)
+    if extra:
+        following = scores.gather(1, order[:, base : base + 1]).squeeze(1)
+        counts[torch.argsort(following, stable=True)[:extra]] += 1
+    ranks = torch.arange(cols, device=scores.device).expand(rows, cols)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order, ranks < counts.unsqueeze(1))
+    return mask
+
+
 def nm_mask(scores: torch.Tensor, n_zero: int, m: int) -> torch.Tensor:
     """Mask of the ``n_zero`` lowest scores in every group of ``m`` consecutive columns."""
     rows, cols = scores.shape
@@ -132,10 +163,14 @@ def select_mask(scores: torch.Tensor, pattern: SparsityPattern, per_row: bool) -
     """The pruning mask for ``scores`` under ``pattern``.
 
     Unstructured: ``int(numel * ratio)`` entries of the whole matrix, or ``int(cols * ratio)``
-    of every row when ``per_row``. N:M is always per row and group.
+    of every row when ``per_row``; with ``pattern.exact``, ``round(numel * ratio)`` entries in
+    all, spread over the rows when ``per_row`` (:func:`spread_per_row_mask`). N:M is always per
+    row and group.
     """
     if pattern.is_nm:
         return nm_mask(scores, pattern.n_zero, pattern.m)
+    if per_row and pattern.exact:
+        return spread_per_row_mask(scores, pattern.zeros(scores.numel()))
     if per_row:
-        return lowest_k_per_row_mask(scores, int(scores.shape[1] * pattern.ratio))
-    return lowest_k_mask(scores, int(scores.numel() * pattern.ratio))
+        return lowest_k_per_row_mask(scores, pattern.zeros(scores.shape[1]))
+    return lowest_k_mask(scores, pattern.zeros(scores.numel()))

@@ -209,7 +209,11 @@ def sparsegpt_prune(
             # Unstructured: the block's mask depends only on its weights at the block's start,
             # so it (and mask / U_jj) is known before the column loop.
             scores = (block / d_block).square_()
-            mask = lowest_k_mask(scores, int(count * rows * pattern.ratio))
+            if pattern.exact:  # cumulative targets: the blocks' counts add up to round(ratio * numel)
+                zeros = round(end * rows * pattern.ratio) - round(start * rows * pattern.ratio)
+            else:
+                zeros = int(count * rows * pattern.ratio)
+            mask = lowest_k_mask(scores, zeros)
             torch.div(mask, d_block, out=scales)
             _block_errors(block, u_cols, scales, errs)
         # The whole effect of this block's errors, on its own columns (the in-block updates,

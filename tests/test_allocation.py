@@ -9,9 +9,10 @@ from hydra import compose, initialize_config_dir
 from pruners.allocation import Owl, exact_counts, outlier_ratio, owl, spread
 from pruners.magnitude import build as magnitude
 from pruners.pattern import SparsityPattern
+from pruners.sparsegpt import build as sparsegpt
 from pruners.wanda import build as wanda
-from runners.execution.adapters import adapter_for
 from runners.cli import CONF
+from runners.execution.adapters import adapter_for
 from runners.execution.engine import prune_model
 from runners.execution.identity import prepare, run_id
 from runners.validate import check_command_line
@@ -79,11 +80,12 @@ def _zeros(report, block=None):
     return sum(r["zeros"] for r in rows), sum(r["numel"] for r in rows)
 
 
-@pytest.mark.parametrize("pruner", [magnitude(), wanda()])
+@pytest.mark.parametrize("pruner", [magnitude(), wanda(), sparsegpt()])
 def test_owl_through_the_engine_keeps_the_total_exact(pruner):
     """OWL at 0.7 on a tiny model with planted outliers: the outlier block is pruned least, every
-    block within 0.7 +- lam, and the total zeros equal round(0.7 * total) within the pruner's
-    rounding (one weight per matrix for magnitude, one per row for the per-row Wanda)."""
+    block within 0.7 +- lam, and the total zeros equal round(0.7 * total) to one weight per matrix,
+    for whole-matrix (magnitude), per-row (Wanda) and per-column-block (SparseGPT) pruners alike:
+    an allocation's block patterns are exact (SparsityPattern.exact)."""
     model, adapter = _planted()
     ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
     report = prune_model(model, adapter, pruner, SparsityPattern(0.7), ids, [0, 1, 2], "cpu",
@@ -93,17 +95,28 @@ def test_owl_through_the_engine_keeps_the_total_exact(pruner):
     ratios = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "outlier_ratio"}
     assert ratios[1] > max(ratios[0], ratios[2])
     assert target[1] == pytest.approx(0.7 - 0.08, abs=1e-3) and target[1] < min(target[0], target[2])
-    # a per-row pruner keeps int(cols * s) zeros per row: up to one weight per row (1/64 here) less
-    floor = 1e-3 if pruner.name == "magnitude" else 1 / 64
-    assert all(0.7 - 0.08 - floor <= v <= 0.7 + 0.08 + 1e-3 for v in measured.values())
+    assert all(0.7 - 0.08 - 1e-3 <= v <= 0.7 + 0.08 + 1e-3 for v in measured.values())
     zeros, numel = _zeros(report)
-    slack = len(report.layers) if pruner.name == "magnitude" else sum(int(r["shape"].split("x")[0])
-                                                                     for r in report.layers)
-    assert abs(zeros - round(0.7 * numel)) <= slack
+    matrices = len(report.layers)
+    assert abs(zeros - round(0.7 * numel)) <= matrices / 2
     for i, t in target.items():
         z, n = _zeros(report, i)
         assert measured[i] == z / n
-        assert abs(z - t * n) <= slack
+        assert abs(z - t * n) <= sum(r["block"] == i for r in report.layers) / 2
+    for r in report.layers:  # each matrix: round(block ratio * numel), exactly
+        assert r["zeros"] == round(target[r["block"]] * r["numel"])
+
+
+def test_owl_exact_false_keeps_each_pruners_own_floor():
+    """allocation.exact=false: Wanda floors every row at int(cols * block ratio), as under uniform."""
+    model, adapter = _planted()
+    ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
+    report = prune_model(model, adapter, wanda(), SparsityPattern(0.7), ids, [0, 1, 2], "cpu",
+                         allocation=Owl(m=5.0, lam=0.08, exact=False))
+    target = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "target_sparsity"}
+    for r in report.layers:
+        rows, cols = (int(v) for v in r["shape"].split("x"))
+        assert r["zeros"] == rows * int(cols * target[r["block"]])
 
 
 def test_owl_dense_pass_measures_the_dense_model():
@@ -144,6 +157,7 @@ def test_owl_rejects_nm_and_bad_settings():
     (["-m", "model=tiny-llama", "allocation=uniform,owl", "sparsity=0.5,3:4"], "sparsity=3:4"),
     (["model=tiny-llama", "allocation=owls"], "allocation='owls' is not valid: accepted owl, uniform"),
     (["model=tiny-llama", "allocation=owl", "allocation.lam=0.4", "sparsity=0.7"], "allocation.lam=0.4"),
+    (["model=tiny-llama", "allocation=owl", "allocation.exact=maybe", "sparsity=0.7"], "allocation.exact='maybe'"),
 ])
 def test_validation_names_the_value(argv, needle):
     problem = check_command_line(argv)
