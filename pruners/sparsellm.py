@@ -72,40 +72,47 @@ def record_history(block: BlockContext, history: Mapping) -> None:
 
 
 @dataclass
-class SparseLLMPruner:
-    """Block pruner: SparseGPT on attention, SparseLLM's joint optimization on the MLP."""
+class SparseLLMSettings:
+    """What both SparseLLM schedules share (ours here, the released one in sparsellm_released.py):
+    the penalties, the iteration count, SparseGPT's settings for the attention Linears and the
+    initial MLP masks."""
 
     name: str = "sparsellm"
     alpha: float | None = None
     beta: float | None = None
     gamma: float | None = None
     iterations: int = 4
-    refit: str = "lstsq"
     blocksize: int = 128
     percdamp: float = 0.01
+    family_defaults: dict = field(default_factory=lambda: _copy(FAMILY_DEFAULTS))
+    needs_calibration: bool = True
+
+    def hyperparameters(self, kind: str) -> dict[str, float]:
+        """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
+        if kind not in self.family_defaults:
+            raise ValueError(f"{self.name}: unknown MLP kind {kind!r}; known: {sorted(self.family_defaults)}")
+        defaults = self.family_defaults[kind]
+        given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
+        return {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+
+
+@dataclass
+class SparseLLMPruner(SparseLLMSettings):
+    """Block pruner: SparseGPT on attention, SparseLLM's joint optimization on the MLP."""
+
+    refit: str = "lstsq"
     refresh_mlp_inputs: bool = False
     storage_dtype: str = "float32"
     keep_best: bool = False
     ridge: float = 1e-4
     s_steps: int = 1
     chunk_tokens: int | None = None
-    family_defaults: dict = field(default_factory=lambda: _copy(FAMILY_DEFAULTS))
-    needs_calibration: bool = True
 
     @property
     def label(self) -> str:
         """Name in tables and run ids. The best-iterate option changes the method (iteration 1 is
         SparseGPT, so it can never lose to SparseGPT in sample): it gets its own label."""
         return f"{self.name}+keep_best" if self.keep_best else self.name
-
-    def hyperparameters(self, kind: str) -> dict[str, float]:
-        """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
-        if kind not in self.family_defaults:
-            known = sorted(self.family_defaults)
-            raise ValueError(f"SparseLLM: unknown MLP kind {kind!r}; known: {known}")
-        defaults = self.family_defaults[kind]
-        given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
-        return {k: float(defaults[k] if v is None else v) for k, v in given.items()}
 
     def prune_block(self, block: BlockContext) -> None:
         """Prune ``block.linears`` in place to ``block.pattern``."""

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .base import BlockContext, check_setting
 from .pattern import SparsityPattern
 from .sparsegpt import Hessian, sparsegpt_prune
-from .sparsellm import FAMILY_DEFAULTS, attention_names, prune_attention, record_history
+from .sparsellm import SparseLLMSettings, attention_names, prune_attention, record_history
 from .sparsellm_math import make_p_step, relu_z_step
 
 CHUNK = 4096  # tokens per chunk of the elementwise steps: bounds temporaries, not results
@@ -227,31 +227,17 @@ def optimize_mlp(kind, X, Y, weights, biases, init, pattern, *, alpha, beta, gam
 
 
 @dataclass
-class SparseLLMReleasedPruner:
+class SparseLLMReleasedPruner(SparseLLMSettings):
     """Block pruner: SparseGPT on attention, the released SparseLLM schedule on the MLP."""
 
     name: str = "sparsellm_released"
-    alpha: float | None = None
-    beta: float | None = None
-    gamma: float | None = None
-    iterations: int = 4
     one_iteration_blocks: tuple[int, ...] = (1, 30, 31)
     fc2_update: str = "gd"
     fc2_lr: float = 0.01
     fc2_steps: int = 10
     s_lr: float = 0.01
     s_steps: int = 2
-    blocksize: int = 128
-    percdamp: float = 0.01
     calib_nsamples: dict[str, int] | None = field(default_factory=lambda: {"opt": 64, "llama": 32})
-    needs_calibration: bool = True
-
-    def hyperparameters(self, kind: str) -> dict[str, float]:
-        """alpha, beta, gamma for an MLP kind (explicit values win over the family default)."""
-        if kind not in FAMILY_DEFAULTS:
-            raise ValueError(f"sparsellm_released: unknown MLP kind {kind!r}; known: {sorted(FAMILY_DEFAULTS)}")
-        given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
-        return {k: float(FAMILY_DEFAULTS[kind][k] if v is None else v) for k, v in given.items()}
 
     def iterations_for(self, kind: str, index: int) -> int:
         """The released per-block count: 1 for LLaMA blocks in ``one_iteration_blocks``."""

@@ -28,7 +28,7 @@ from runners.execution import claims, provenance, store
 from runners.execution.adapters import adapter_for
 from runners.execution.engine import prune_model, resolve_layers
 from runners.execution.identity import Run, data_source_label, prepare, run_id
-from runners.execution.models import load_model
+from runners.execution.models import load_model, load_tokenizer
 from runners.execution.save import is_saved, model_folder, save_model, wants_model
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,17 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
     torch.manual_seed(int(cfg.seed))
     try:
         calib = None
+        tokenizer = load_tokenizer(run.model, cfg.cache_dir, cfg.data.local_dir)
         if not run.is_dense and (run.needs_calibration(pruner) or cfg.prune.diagnostics):
-            # The pool is read before the model loads: data that cannot be had fails in seconds.
-            from eval.calibration import pool_documents
-
-            pool_documents(cfg.calib.dataset, cfg.data.local_dir)
+            # Before the model loads: calibration data that cannot be had fails in seconds.
+            start = time.perf_counter()
+            got = calibration_tokens(tokenizer, cfg.calib.dataset, cfg.data.local_dir, run.calib_nsamples(pruner),
+                                     cfg.calib.seqlen, int(cfg.seed), cfg.cache_dir)
+            calib, extra["calibration"] = got.tokens, got.pool
+            times["calibration_data"] = time.perf_counter() - start
         start = time.perf_counter()
         model, tokenizer = load_model(run.model, device=run.device, cache_dir=cfg.cache_dir,
-                                      local_dir=cfg.data.local_dir, seed=int(cfg.seed))
+                                      local_dir=cfg.data.local_dir, seed=int(cfg.seed), tokenizer=tokenizer)
         times["load"] = time.perf_counter() - start
         adapter = adapter_for(model)
         if run.is_dense:
@@ -230,12 +233,6 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         _write_dense(run.dense(), model, tokenizer)
         model.to("cpu")
         layers = resolve_layers(run.layers, len(adapter.blocks(model)))
-        if run.needs_calibration(pruner) or cfg.prune.diagnostics:
-            start = time.perf_counter()
-            got = calibration_tokens(tokenizer, cfg.calib.dataset, cfg.data.local_dir, run.calib_nsamples(pruner),
-                                     cfg.calib.seqlen, int(cfg.seed), cfg.cache_dir)
-            calib, extra["calibration"] = got.tokens, got.pool
-            times["calibration_data"] = time.perf_counter() - start
         start = time.perf_counter()
         with provenance.PeakMemory(run.device) as mem:
             report = prune_model(model, adapter, pruner, run.pattern, calib, layers, run.device,

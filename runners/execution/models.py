@@ -140,10 +140,12 @@ def load_tokenizer(spec: ModelSpec, cache_dir: str, local_dir: str | None):
                                          local_files_only=Path(str(spec.name_or_path)).is_dir())
 
 
-def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str | None = None, seed: int = 0):
+def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str | None = None, seed: int = 0,
+               tokenizer=None):
     """Load ``(model, tokenizer)``; the model stays on the CPU in eval mode, in the run's dtype.
 
     The engine moves one block at a time to ``device``; evaluation moves what it needs.
+    ``tokenizer``: one already loaded with :func:`load_tokenizer` (not loaded again).
     """
     dtype = resolve_dtype(spec.dtype, device)
     if spec.source == "hub" and not Path(str(spec.name_or_path)).is_dir():
@@ -163,5 +165,5 @@ def load_model(spec: ModelSpec, *, device: str, cache_dir: str, local_dir: str |
                                                      local_files_only=local)
     model.eval()
     model.config.use_cache = False
-    return model, load_tokenizer(spec, cache_dir, local_dir)
+    return model, tokenizer if tokenizer is not None else load_tokenizer(spec, cache_dir, local_dir)
 
