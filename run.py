@@ -30,16 +30,24 @@ def main(cfg: DictConfig) -> str:
     in the job's folder, where the end-of-sweep callback reads every job's status."""
     from hydra.core.hydra_config import HydraConfig
 
+    import time
+
+    from runners.execution.claims import hostname
     from runners.execution.job import SettingsError, run_job
     from runners.execution.store import atomic_write_text
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    start = time.time()
     try:
         status = run_job(cfg)
     except SettingsError as err:  # validated up front; kept for runs started by other means
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / "status.json", json.dumps({"status": status}))
+    # Where and when the job ran (a launcher runs jobs in other processes or on other nodes).
+    hydra_cfg = HydraConfig.get()
+    atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "status.json", json.dumps(
+        {"status": status, "host": hostname(), "pid": os.getpid(), "start": start, "end": time.time(),
+         "overrides": list(hydra_cfg.overrides.task)}))
     return status
 
 
