@@ -72,8 +72,10 @@ if __name__ == "__main__":
     def interrupted(_signum, _frame):
         """Ctrl-C: show what is in the store so far, then stop at once. Every store write is a
         rename, so stopping here loses nothing written; the run in flight is redone next time."""
+        from runners.launchers import stop_workers
         from runners.reporting.report import summarize
 
+        stop_workers()  # a launcher's worker processes would go on computing
         print("\ninterrupted: the runs finished so far\n", flush=True)
         print(summarize(results), flush=True)
         os._exit(130)

@@ -186,3 +186,27 @@ def _compose_launcher(hydra_overrides: list[str]):
         found = re.search(r"override (hydra\.launcher\.[\w.]+)=", str(err))
         return found.group(1) if found else None  # another problem: validate() reports it
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+
+
+def stop_workers() -> list[int]:
+    """SIGTERM every child process of this one (joblib's workers, which ignore SIGINT, and
+    submitit's local job controllers, which pass it on to their job); return their pids.
+
+    Called by run.py's Ctrl-C handler before it exits: otherwise the workers outlive the sweep
+    and keep computing. A worker stopped this way leaves its run's claim behind, and the next
+    sweep on this host takes it over at once (its pid is dead). Slurm jobs are not children:
+    they go on (``scancel`` stops them). Linux only (reads /proc); elsewhere nothing is sent."""
+    import os
+    import signal
+    from pathlib import Path
+
+    me, stopped = str(os.getpid()), []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat_file.read_text().rsplit(")", 1)[1].split()[1]  # after "(name)": state, ppid, ...
+            if ppid == me:
+                os.kill(int(stat_file.parent.name), signal.SIGTERM)
+                stopped.append(int(stat_file.parent.name))
+        except (OSError, IndexError, ValueError):  # gone in between, or not ours to signal
+            continue
+    return stopped

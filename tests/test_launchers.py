@@ -2,6 +2,7 @@
 the store's claims across processes, and one-line errors for bad launcher settings."""
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -89,6 +90,34 @@ def test_submitit_local_end_to_end_and_a_failing_job_is_recorded(tmp_path):
     assert failed["run_key"]["model"]["source"] == "hub" and failed["error"]
     assert "run 1/2: ok" in proc.stdout and "run 2/2: error" in proc.stdout
     assert "| wanda" in proc.stdout and "1 of 2 runs failed" in proc.stdout
+
+
+@needs_data
+def test_ctrl_c_under_joblib_stops_the_workers_and_prints_the_table(tmp_path):
+    """SIGINT to the whole process group (as Ctrl-C sends it): the table of what finished, exit 130,
+    and no worker process left computing (joblib's workers ignore SIGINT: run.py stops them)."""
+    args = [sys.executable, "run.py", "-m", *TINY[:3], "pruner=magnitude,sparsellm", "sparsity=0.5,0.6,0.7",
+            "calib.nsamples=32", "calib.seqlen=256", "hydra/launcher=joblib", f"results.dir={tmp_path}",
+            f"data.local_dir={data_dir()}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # interrupt once a job has ended (its run is in the store), others in flight
+        seen.append(line)
+        if "end: ok" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rest, _ = proc.communicate(timeout=120)  # returns only when no worker holds the output pipe
+    finally:
+        table = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        left = [pid for pid, state in (row.split() for row in table.splitlines()) if not state.startswith("Z")]
+        for pid in left:  # (exited ones not yet reaped by init are zombies: not running)
+            os.kill(int(pid), signal.SIGKILL)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert not left, left
+    assert "interrupted" in out and "| magnitude" in out
 
 
 def _fake_slurm(tmp_path, monkeypatch):
