@@ -83,5 +83,19 @@ if __name__ == "__main__":
     # A handler rather than KeyboardInterrupt: the exception can land in a finalizer, where
     # Python prints and ignores it, and the sweep would go on.
     signal.signal(signal.SIGINT, interrupted)
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code != 1 or callbacks.REPORTED:
+            raise
+        # Hydra reported an error that ended the sweep before its end-of-sweep callback, such as
+        # a launcher's worker process that died (killed, out of memory): show what is stored.
+        from runners.launchers import stop_workers
+        from runners.reporting.report import summarize
+
+        stop_workers()
+        print("\nthe sweep stopped early (the error above): the runs in the store; the runs it did not "
+              "finish are computed by the next invocation\n", flush=True)
+        print(summarize(results), flush=True)
+        raise
     sys.exit(callbacks.EXIT_CODE)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 # Statuses that make the invocation fail (exit 1); ok and skipped-as-done runs exit 0.
 FAILED = ("error", "oom", "nan", "unavailable")
 EXIT_CODE = 0  # read by run.py after Hydra returns
+REPORTED = False  # set once the table was printed (run.py prints it itself when a sweep ends early)
 log = logging.getLogger("sweep")
 _started: dict[int, float] = {}
 
@@ -42,8 +43,10 @@ class PrintReport(Callback):
     """After ``python run.py`` (single or ``-m``), write summary.csv, print the table, set EXIT_CODE."""
 
     def _report(self, config: DictConfig, folders: list[Path]) -> None:
-        global EXIT_CODE
+        global EXIT_CODE, REPORTED
         from runners.reporting.report import summarize
+
+        REPORTED = True
 
         print(summarize(config.results.dir), flush=True)
         statuses = job_statuses(folders)
