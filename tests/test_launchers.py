@@ -120,6 +120,37 @@ def test_ctrl_c_under_joblib_stops_the_workers_and_prints_the_table(tmp_path):
     assert "interrupted" in out and "| magnitude" in out
 
 
+@needs_data
+def test_a_worker_that_dies_still_ends_with_the_table(tmp_path):
+    """joblib workers killed mid-run (as the OOM killer would): exit 1 with the launcher's error,
+    then the table of what is stored; a killed run is left incomplete, not recorded as done."""
+    args = [sys.executable, "run.py", "-m", *TINY[:3], "pruner=sparsellm", "sparsity=0.5,0.6", "calib.nsamples=32",
+            "calib.seqlen=256", "hydra/launcher=joblib", f"results.dir={tmp_path}", f"data.local_dir={data_dir()}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # a job is pruning (its run claimed, the dense baseline stored)
+        seen.append(line)
+        if "block 0 pruned" in line:
+            break
+    workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+               if "LokyProcess" in p.read_text(errors="replace")
+               and (p.parent / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)]
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(seen) + rest
+    assert proc.returncode == 1, out[-3000:]
+    assert "TerminatedWorkerError" in out and "the sweep stopped early" in out
+    from runners.reporting.report import summarize
+
+    assert summarize(tmp_path).strip() in out.split("the sweep stopped early")[1]  # then what is stored
+    manifests = {p.name: read_manifest(p) for p in (tmp_path / "runs").iterdir()}
+    assert [m["status"] for k, m in manifests.items() if "__dense__" in k] == ["ok"]
+    # the killed run: incomplete (not done), computed by the next invocation
+    assert any(m is None for k, m in manifests.items() if "__sparsellm__" in k)
+
+
 def _fake_slurm(tmp_path, monkeypatch):
     """``srun`` and ``sbatch`` on PATH (submitit checks for srun before it writes anything)."""
     bin_dir = tmp_path / "bin"
