@@ -47,7 +47,6 @@ class PrintReport(Callback):
         from runners.reporting.report import summarize
 
         REPORTED = True
-
         print(summarize(config.results.dir), flush=True)
         statuses = job_statuses(folders)
         EXIT_CODE = exit_code(statuses)
@@ -96,13 +95,13 @@ class PrintReport(Callback):
 def _finished(config: DictConfig) -> int:
     """How many jobs of this sweep have left their status.json (0 outside a sweep)."""
     sweep = _select(config, "hydra.sweep.dir")
-    if not sweep or _select(config, "hydra.mode") is None or str(_select(config, "hydra.mode")) != "RunMode.MULTIRUN":
+    if not sweep or str(_select(config, "hydra.mode")) != "RunMode.MULTIRUN":
         return 0
     return sum(1 for _ in Path(sweep).glob("*/status.json"))
 
 
 def job_lines(folders: list[Path]) -> list[str]:
-    """``run k/n: status on host pid, m:ss, settings`` for each job folder of a sweep."""
+    """``run k/n: <status> (host H pid P, H:MM:SS) <settings>`` for each job folder of a sweep."""
     lines = []
     for folder in folders:
         try:
