@@ -30,16 +30,24 @@ def main(cfg: DictConfig) -> str:
     in the job's folder, where the end-of-sweep callback reads every job's status."""
     from hydra.core.hydra_config import HydraConfig
 
+    import time
+
+    from runners.execution.claims import hostname
     from runners.execution.job import SettingsError, run_job
     from runners.execution.store import atomic_write_text
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    start = time.time()
     try:
         status = run_job(cfg)
     except SettingsError as err:  # validated up front; kept for runs started by other means
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / "status.json", json.dumps({"status": status}))
+    # Where and when the job ran (a launcher runs jobs in other processes or on other nodes).
+    hydra_cfg = HydraConfig.get()
+    atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "status.json", json.dumps(
+        {"status": status, "host": hostname(), "pid": os.getpid(), "start": start, "end": time.time(),
+         "overrides": list(hydra_cfg.overrides.task)}))
     return status
 
 
@@ -64,8 +72,10 @@ if __name__ == "__main__":
     def interrupted(_signum, _frame):
         """Ctrl-C: show what is in the store so far, then stop at once. Every store write is a
         rename, so stopping here loses nothing written; the run in flight is redone next time."""
+        from runners.launchers import stop_workers
         from runners.reporting.report import summarize
 
+        stop_workers()  # a launcher's worker processes would go on computing
         print("\ninterrupted: the runs finished so far\n", flush=True)
         print(summarize(results), flush=True)
         os._exit(130)
@@ -73,5 +83,19 @@ if __name__ == "__main__":
     # A handler rather than KeyboardInterrupt: the exception can land in a finalizer, where
     # Python prints and ignores it, and the sweep would go on.
     signal.signal(signal.SIGINT, interrupted)
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code != 1 or callbacks.REPORTED:
+            raise
+        # Hydra reported an error that ended the sweep before its end-of-sweep callback, such as
+        # a launcher's worker process that died (killed, out of memory): show what is stored.
+        from runners.launchers import stop_workers
+        from runners.reporting.report import summarize
+
+        stop_workers()
+        print("\nthe sweep stopped early (the error above): the runs in the store; the runs it did not "
+              "finish are computed by the next invocation\n", flush=True)
+        print(summarize(results), flush=True)
+        raise
     sys.exit(callbacks.EXIT_CODE)

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 # Statuses that make the invocation fail (exit 1); ok and skipped-as-done runs exit 0.
 FAILED = ("error", "oom", "nan", "unavailable")
 EXIT_CODE = 0  # read by run.py after Hydra returns
+REPORTED = False  # set once the table was printed (run.py prints it itself when a sweep ends early)
 log = logging.getLogger("sweep")
-_durations: list[float] = []  # seconds of the runs finished in this process (for the ETA)
 _started: dict[int, float] = {}
 
 
@@ -43,9 +43,10 @@ class PrintReport(Callback):
     """After ``python run.py`` (single or ``-m``), write summary.csv, print the table, set EXIT_CODE."""
 
     def _report(self, config: DictConfig, folders: list[Path]) -> None:
-        global EXIT_CODE
+        global EXIT_CODE, REPORTED
         from runners.reporting.report import summarize
 
+        REPORTED = True
         print(summarize(config.results.dir), flush=True)
         statuses = job_statuses(folders)
         EXIT_CODE = exit_code(statuses)
@@ -68,20 +69,50 @@ class PrintReport(Callback):
     def on_job_end(self, config: DictConfig, job_return=None, **kwargs) -> None:
         k, n = self._position(config)
         took = time.perf_counter() - _started.pop(k, time.perf_counter())
-        _durations.append(took)
         status = getattr(job_return, "_return_value", None)
         status = status if isinstance(status, str) else "error"
         elapsed = time.time() - float(os.environ.get("LLM_PRUNE_START", time.time()))
-        eta = (n - k) * sum(_durations) / len(_durations)
-        log.info("run %d/%d end: %s in %s; sweep elapsed %s, ETA %s for %d more", k, n, status, _clock(took),
-                 _clock(elapsed), _clock(eta), n - k)
+        # Jobs may run in parallel (joblib, submitit): count every job that has finished, in any
+        # process or on any node, by the status.json files in the shared sweep folder.
+        done = _finished(config) or k
+        eta = (n - done) * elapsed / done
+        log.info("run %d/%d end: %s in %s; %d/%d done, sweep elapsed %s, ETA %s for %d more", k, n, status,
+                 _clock(took), done, n, _clock(elapsed), _clock(eta), n - done)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         self._report(config, [Path(config.hydra.runtime.output_dir)])
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        self._report(config, sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()))
+        folders = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        if "BasicLauncher" not in str(_select(config, "hydra.launcher._target_")):
+            # The jobs' own lines went to their processes' logs (submitit: .submitit/<job>/): one line each here.
+            for folder, line in zip(folders, job_lines(folders)):
+                print(line, flush=True)
+        self._report(config, folders)
+
+
+def _finished(config: DictConfig) -> int:
+    """How many jobs of this sweep have left their status.json (0 outside a sweep)."""
+    sweep = _select(config, "hydra.sweep.dir")
+    if not sweep or str(_select(config, "hydra.mode")) != "RunMode.MULTIRUN":
+        return 0
+    return sum(1 for _ in Path(sweep).glob("*/status.json"))
+
+
+def job_lines(folders: list[Path]) -> list[str]:
+    """``run k/n: <status> (host H pid P, H:MM:SS) <settings>`` for each job folder of a sweep."""
+    lines = []
+    for folder in folders:
+        try:
+            info = json.loads((folder / "status.json").read_text())
+        except (OSError, ValueError):
+            info = {"status": "error (the job left no status: killed?)"}
+        took = _clock(info["end"] - info["start"]) if "start" in info and "end" in info else "?"
+        where = f"host {info.get('host', '?')} pid {info.get('pid', '?')}"
+        lines.append(f"run {int(folder.name) + 1}/{len(folders)}: {info.get('status')} ({where}, {took}) "
+                     f"{' '.join(info.get('overrides', []))}".rstrip())
+    return lines
 
 
 def _select(config: DictConfig, key: str):

@@ -376,8 +376,9 @@ def check_command_line(argv: list[str]) -> str | None:
     """What run.py checks before Hydra starts: group names and sweep syntax first (cheap), then
     every composed run. Returns the one-line problem, or None."""
     from runners.cli import check_overrides
+    from runners.launchers import check_launcher
 
-    return check_overrides(argv) or validate(argv)
+    return check_overrides(argv) or check_launcher(argv) or validate(argv)
 
 
 if __name__ == "__main__":  # python -m runners.validate key=value ... (what run.py checks first)

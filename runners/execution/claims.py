@@ -13,6 +13,19 @@ detected without trusting its pids. A stale claim is taken over atomically: of s
 only the one that creates ``.claim.takeover-<token of the stale claim>`` (an exclusive create)
 may delete it, and only if ``.claim`` still is that claim; then every taker competes for a new
 claim the normal way, so exactly one wins (``_take_over``).
+
+What is guaranteed for jobs on different nodes sharing one filesystem (NFS included): at most
+one live job holds a run's claim, so a run is computed once however many jobs start it; the
+others log ``claimed by another job`` and end as ``skipped:claimed`` (the dense baseline,
+which every job of a model and protocol checks, the same way). This rests on ``link`` being
+atomic on the file server (NFSv2 onwards; a lost reply is caught by the link count), not on
+``O_EXCL`` or ``flock``/``fcntl`` locks, which NFS has not always honoured. What is assumed:
+the nodes' clocks agree to well under ``STALE_SECONDS`` (a heartbeat is the file's mtime, set
+by the server, compared with the reader's clock), and a live holder is never silent that long
+(a node frozen for 10 minutes can have its claim taken over and the run computed twice; the
+store's atomic renames keep either result whole). A job killed with its claim held leaves the
+run incomplete: the next sweep takes the claim over (at once on the same host, whose pids can
+be checked; after ``STALE_SECONDS`` from another host) and computes it.
 """
 from __future__ import annotations
 
@@ -140,8 +153,12 @@ def _create(folder: Path, token: str) -> bool:
         os.link(tmp, folder / CLAIM_NAME)
         return True
     except FileExistsError:
-        return False
+        # On NFS a link whose reply was lost is retried by the client and then fails with EEXIST
+        # although the first attempt made it; the temporary file's link count tells (open(2)).
+        return _linked(tmp)
     except OSError:  # a filesystem without hard links: exclusive create instead
+        if _linked(tmp):
+            return True
         try:
             fd = os.open(folder / CLAIM_NAME, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -151,6 +168,14 @@ def _create(folder: Path, token: str) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _linked(tmp: Path) -> bool:
+    """True when ``tmp`` has a second name (the link to ``.claim`` succeeded after all)."""
+    try:
+        return os.stat(tmp).st_nlink == 2
+    except OSError:
+        return False
 
 
 def _take_over(folder: Path, stale: dict) -> None:
