@@ -18,7 +18,9 @@ scaling exponent against tokens (log t2/t1 over log T2/T1), the exponent against
 
 Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b]
 [pruners=magnitude,wanda,sparsegpt,sparsellm] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
-[out=results/bench_scale]``.
+[out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
+their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
+a table can grow over several shorter invocations.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from runners import plan
 
 DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
             "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
-            "out": "results/bench_scale"}
+            "out": "results/bench_scale", "reuse": ""}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
 TINY_VOCAB = 128
 
@@ -128,7 +130,9 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     from runners.execution.adapters import adapter_for
     from runners.execution.engine import prune_model
 
+    rss_start = provenance._rss_bytes() / 2**20
     net = build_one_block(model)
+    rss_built = provenance._rss_bytes() / 2**20
     adapter = adapter_for(net)
     pruner = build_pruner(pruner_name)
     tokens = torch.randint(0, TINY_VOCAB, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
@@ -141,7 +145,8 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
     numel = sum(m.weight.numel() for m in linears.values())
     return {"seconds": seconds, "peak_rss_mb": mem.summary()["peak_rss_mb"], "sparsity": zeros / numel,
-            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0]}
+            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
+            "rss_start_mb": rss_start, "rss_built_mb": rss_built}
 
 
 def run_child(model: str, pruner: str, nsamples: int, seqlen: int, sparsity: str) -> dict:
@@ -258,9 +263,25 @@ def markdown(out: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_reused(files: str) -> dict[tuple, dict]:
+    """Earlier measurements by (model, pruner, tokens), from bench_scale.json files or JSON lines."""
+    found = {}
+    for name in filter(None, files.split(",")):
+        text = Path(name).read_text()
+        try:
+            rows = json.loads(text)["measurements"]
+        except (ValueError, KeyError, TypeError):
+            rows = [json.loads(line) for line in text.splitlines() if line.startswith('{"model"')]
+        for r in rows:
+            if "seconds" in r:
+                found[(r["model"], r["pruner"], r["tokens"])] = r
+    return found
+
+
 def main(argv: list[str]) -> None:
     """Measure every (model, pruner, token count) that fits, then print and save the table."""
     args = parse(argv)
+    reused = load_reused(args["reuse"])
     seqlen, mem, max_s = int(args["seqlen"]), float(args["mem_gb"]) * plan.GB, float(args["max_s"])
     rows = []
     for model in args["models"].split(","):
@@ -271,7 +292,9 @@ def main(argv: list[str]) -> None:
                 peak, secs = predicted_peak(shape, pruner, tokens, seqlen), predicted_seconds(shape, pruner, tokens, seqlen)
                 row = {"model": model, "pruner": pruner, "tokens": tokens, "predicted_peak_gb": peak / plan.GB,
                        "predicted_s": secs}
-                if peak > mem:
+                if (model, pruner, tokens) in reused:
+                    row = {**reused[(model, pruner, tokens)], "predicted_peak_gb": peak / plan.GB, "predicted_s": secs}
+                elif peak > mem:
                     row["skipped"] = f"skipped: plan predicts {peak / plan.GB:.1f} GB > mem_gb={args['mem_gb']}"
                 elif secs > max_s:
                     row["skipped"] = f"skipped: plan predicts {secs:.0f} s > max_s={args['max_s']}"

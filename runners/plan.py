@@ -30,6 +30,11 @@ GB = 1e9
 # Resident memory of a run process before any model loads (torch, transformers, lm-eval, hydra
 # imported): 440-482 MB measured on this 2-core machine (torch 2.13); the larger is used.
 BASE_BYTES = 482 * 2**20
+# Bytes per weight of the largest Linear that magnitude and Wanda hold while selecting: 20-21
+# measured on the LLaMA-2-7B block of `make bench-scale` (peak RSS minus BASE, the block and its
+# hidden states, over the 45M weights of gate/up); the itemized count (4 + 4 + 1 + 4 for
+# magnitude, 4 + 8 + 1 + 4 plus the sort's own buffers for Wanda) is 13-21.
+SELECT_BYTES = 21
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 whatever the dtype
 
@@ -43,6 +48,9 @@ BENCH_TOKENS = (32, 2048)
 # an effective 100 TFLOP/s for float16 matrix products (about a third of an A100/H100 peak).
 GPU_FLOPS = 100e12
 GPU_MEMORY = 80 * 2**30  # eval.blockwise=auto goes block by block when the model does not fit 80 GB
+# Start-up of one run process (imports, Hydra, loading SmolLM2 from its cache): a whole smoke
+# run takes 9-10 s on this CPU (README "Time per protocol"), nearly all of it this.
+STARTUP_SECONDS = 10.0
 # Zero-shot: 3.3 loglikelihood requests/s measured for dense SmolLM2 on this CPU (README
 # "Zero-shot accuracy"); scaled by parameter count for other models.
 ZEROSHOT_RATE = 3.3
@@ -166,9 +174,9 @@ def pruner_working_bytes(shape: Shape, pruner: str, tokens: int, storage_bytes: 
     """Memory a pruner holds for one block beyond the block and its hidden states (float32)."""
     largest = max(i * o for _, i, o in shape.linears())
     if pruner in ("magnitude", "wanda"):
-        # a float32 score matrix of the largest Linear and the selection's temporaries (int64
-        # order of a row-wise sort for wanda, the boolean mask)
-        return largest * (STAT_BYTES + (8 if pruner == "wanda" else 4) + 1)
+        # the largest Linear's float32 scores, the selection's temporaries (a copy for kthvalue,
+        # an int64 row order for wanda's sort), the mask and the pruned copy
+        return largest * SELECT_BYTES
     held = sum(STAT_BYTES * d * d for d in shape.groups())  # every group's Hessian
     d_max = max(shape.groups())
     # one call: a damped copy, its Cholesky factor and the inverse factor (d_in^2 each), a float32
@@ -290,7 +298,7 @@ def estimate(shape: Shape, cfg: DictConfig, pruner: str, n_layers: int, eval_tok
     def seconds(rate_of) -> float:
         flops_eval = eval_tok * (2.0 * (shape.blocks * shape.block_params + shape.vocab * shape.hidden)
                                  + 4.0 * s_eval * shape.heads * shape.head_dim * shape.blocks)
-        total = flops_eval / rate_of("pass")
+        total = STARTUP_SECONDS + flops_eval / rate_of("pass")
         if not dense:
             # blocks before the last pruned one that are not pruned still carry the states
             total += n_layers * prune_flops(shape, pruner, tokens, seqlen, iterations) / rate_of(pruner)
@@ -317,6 +325,8 @@ def shape_of(cfg: DictConfig) -> Shape | None:
 
 
 def _human_time(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -327,7 +337,7 @@ def _human_time(seconds: float) -> str:
 
 
 def _gb(value: float) -> str:
-    return f"{value / GB:.1f} GB" if value >= 0.95 * GB else f"{value / 2**20:.0f} MB"
+    return f"{value / GB:.2f} GB" if value < 10 * GB else f"{value / GB:.1f} GB"
 
 
 def plan_rows(argv: list[str]) -> tuple[list[dict], list[str]]:
