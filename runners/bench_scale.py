@@ -304,6 +304,10 @@ def main(argv: list[str]) -> None:
                 rows.append(row)
                 if "skipped" in row or pruner == "magnitude":
                     break  # a larger token count would not fit either; magnitude reads no tokens
+    listed = {(r["model"], r["pruner"], r["tokens"]) for r in rows}
+    for key, r in reused.items():  # earlier token counts of the same pairs (e.g. nsamples=1,2 before)
+        if key not in listed and key[0] in args["models"].split(",") and key[1] in args["pruners"].split(","):
+            rows.append(r)
     out, text = table(rows, seqlen)
     folder = Path(args["out"])
     folder.mkdir(parents=True, exist_ok=True)
