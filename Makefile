@@ -8,7 +8,7 @@ DATA   ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 DATA_ARG := $(if $(DATA),data.local_dir=$(DATA),)
 export LLM_PRUNE_DATA := $(DATA)
 
-.PHONY: help install quickstart sweep test test-fast bench report clean
+.PHONY: help install quickstart sweep test test-fast bench bench-scale report clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-fast: install ## the fast tests only
 
 bench: install ## time each pruner against one calibration pass on SmolLM2-135M
 	$(PY) -m runners.bench $(DATA_ARG)
+
+bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes; extrapolate (ARGS="mem_gb=8 max_s=75")
+	$(PY) -m runners.bench_scale $(ARGS)
 
 report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")
 	$(PY) -m runners.reporting.report $(ARGS)

@@ -62,6 +62,10 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    from runners import plan
+
+    if plan.plan_requested(args):  # predict memory and time of every run; Hydra launches nothing
+        sys.exit(plan.main(args))
     # One Hydra log folder per invocation, even for two sweeps started in the same second.
     os.environ.setdefault("LLM_PRUNE_INVOCATION", f"{os.getpid()}")
     # For the `run k/n ... ETA` lines (runners/callbacks.py), also in launcher worker processes.

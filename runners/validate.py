@@ -95,6 +95,7 @@ def _limit(value):
 CHECKS = {
     "seed": _int(0),
     "retry_failed": _bool,
+    "plan": _bool,
     "calib.nsamples": _int(1),
     "calib.seqlen": _int(2),
     "eval.seqlen": _int(2),

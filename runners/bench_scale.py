@@ -1,0 +1,320 @@
+"""Paper-scale shapes without the weights (``make bench-scale``).
+
+For OPT-13B, OPT-66B, LLaMA-2-7B and LLaMA-2-70B (grouped-query attention, 8 KV heads) this
+builds a one-block model with random weights and the exact block shapes of ``conf/shapes/<model>.json``
+(transformers' own OPTDecoderLayer / LlamaDecoderLayer from the config; a 128-token vocabulary so
+the embeddings stay small), so the engine and the pruners run unchanged (``prune_model``, as
+``runners/bench.py`` times it, diagnostics off). Each (model, pruner, token count) is measured in
+its own subprocess: pruning seconds and peak resident memory, beside the plan's prediction of
+that peak (``runners/plan.py``). Pairs the plan predicts to need more than ``mem_gb`` or more than
+``max_s`` seconds (at the idle-machine throughputs) are skipped and say so.
+
+From two token counts it fits the affine cost ``t(T) = c0 + c1 T`` per block (c0: the
+token-independent work, e.g. SparseGPT's d^3 inverses) and extrapolates to the whole model at
+128 x 2048 tokens (x number of blocks; the per-token part scaled by the plan's FLOPs per token at
+seqlen 2048 over the measured seqlen). Printed: per block the measured seconds and peak, the
+scaling exponent against tokens (log t2/t1 over log T2/T1), the exponent against hidden size
+(least squares across the measured models), and the extrapolated whole-model time and memory.
+
+Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b]
+[pruners=magnitude,wanda,sparsegpt,sparsellm] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
+[out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
+their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
+a table can grow over several shorter invocations.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runners import plan
+
+DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
+            "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
+            "out": "results/bench_scale", "reuse": ""}
+PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
+TINY_VOCAB = 128
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    """``key=value`` arguments over DEFAULTS; an unknown key or a bad number is a one-line error."""
+    args = dict(DEFAULTS)
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"error: unknown argument {arg!r}: accepted {', '.join(k + '=' for k in DEFAULTS)}")
+        args[key] = value
+    for key in ("seqlen", "mem_gb", "max_s"):
+        try:
+            if float(args[key]) <= 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"error: {key}={args[key]!r} is not valid: accepted a positive number") from None
+    if not all(x.isdigit() and int(x) > 0 for x in args["nsamples"].split(",")):
+        raise SystemExit(f"error: nsamples={args['nsamples']!r} is not valid: accepted whole numbers >= 1 such as 2,4")
+    for model in args["models"].split(","):
+        if not (plan_shapes_dir() / f"{model}.json").is_file():
+            known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
+            raise SystemExit(f"error: models={model!r} has no conf/shapes file: accepted {known}")
+    return args
+
+
+def plan_shapes_dir() -> Path:
+    from runners.cli import CONF
+
+    return CONF / "shapes"
+
+
+def shape_of(model: str) -> plan.Shape:
+    """The plan's Shape of a shipped model."""
+    raw = json.loads((plan_shapes_dir() / f"{model}.json").read_text())
+    return plan.Shape.from_config(raw, raw["model_type"])
+
+
+def predicted_peak(shape: plan.Shape, pruner: str, tokens: int, seqlen: int) -> float:
+    """The plan's CPU peak for pruning one block of ``shape`` (float32, diagnostics off, batch 1)."""
+    weights = 4 * (shape.block_params + 2 * TINY_VOCAB * shape.hidden)
+    return plan.BASE_BYTES + weights + plan.prune_bytes(shape, pruner, tokens, seqlen, 1, 4, False)
+
+
+def predicted_seconds(shape: plan.Shape, pruner: str, tokens: int, seqlen: int) -> float:
+    """The plan's CPU seconds for pruning one block (throughputs calibrated on SmolLM2)."""
+    return plan.prune_flops(shape, pruner, tokens, seqlen) / plan.THROUGHPUT[pruner]
+
+
+# ---- the measurement (in a child process) -------------------------------------------------
+
+
+def build_one_block(model: str):
+    """A one-block causal LM with ``model``'s block shapes and random weights (float32)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    raw = json.loads((plan_shapes_dir() / f"{model}.json").read_text())
+    torch.manual_seed(0)
+    if raw["model_type"] == "opt":
+        config = OPTConfig(hidden_size=raw["hidden_size"], ffn_dim=raw["ffn_dim"], num_hidden_layers=1,
+                           num_attention_heads=raw["num_attention_heads"], vocab_size=TINY_VOCAB,
+                           word_embed_proj_dim=raw["hidden_size"],
+                           max_position_embeddings=raw["max_position_embeddings"])
+        cls = OPTForCausalLM
+    else:
+        config = LlamaConfig(hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+                             num_hidden_layers=1, num_attention_heads=raw["num_attention_heads"],
+                             num_key_value_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]),
+                             vocab_size=TINY_VOCAB, max_position_embeddings=raw["max_position_embeddings"])
+        cls = LlamaForCausalLM
+    config._attn_implementation = "eager"
+    with torch.device("cpu"):
+        net = cls(config)
+    # initialization draws are slow at this size; small random weights are all pruning needs
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.02)
+    return net.eval()
+
+
+def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: str) -> dict:
+    """Prune the one block once; seconds and peak RSS (runs in the child process)."""
+    import torch
+
+    from pruners.pattern import SparsityPattern
+    from runners.bench import build_pruner
+    from runners.execution import provenance
+    from runners.execution.adapters import adapter_for
+    from runners.execution.engine import prune_model
+
+    rss_start = provenance._rss_bytes() / 2**20
+    net = build_one_block(model)
+    rss_built = provenance._rss_bytes() / 2**20
+    adapter = adapter_for(net)
+    pruner = build_pruner(pruner_name)
+    tokens = torch.randint(0, TINY_VOCAB, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with provenance.PeakMemory("cpu") as mem:
+        prune_model(net, adapter, pruner, SparsityPattern.parse(sparsity),
+                    tokens if pruner.needs_calibration else None, [0], "cpu", diagnostics=False)
+    seconds = time.perf_counter() - start
+    linears = adapter.linears(adapter.blocks(net)[0])
+    zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
+    numel = sum(m.weight.numel() for m in linears.values())
+    return {"seconds": seconds, "peak_rss_mb": mem.summary()["peak_rss_mb"], "sparsity": zeros / numel,
+            "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
+            "rss_start_mb": rss_start, "rss_built_mb": rss_built}
+
+
+def run_child(model: str, pruner: str, nsamples: int, seqlen: int, sparsity: str) -> dict:
+    """``measure`` in a fresh process, so that each peak is that pruner's alone."""
+    code = ("import json,sys; from runners.bench_scale import measure; "
+            f"print('RESULT ' + json.dumps(measure({model!r}, {pruner!r}, {nsamples}, {seqlen}, {sparsity!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {done.returncode}: {tail}"}
+
+
+# ---- the table and the extrapolation ------------------------------------------------------
+
+
+def token_exponent(t1: float, t2: float, n1: int, n2: int) -> float:
+    """Scaling exponent of time against tokens between two measurements."""
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
+def affine_fit(tokens: list[int], seconds: list[float]) -> tuple[float, float]:
+    """``(c0, c1)`` of the least-squares line ``t = c0 + c1 T`` (c0 clipped at 0)."""
+    n = len(tokens)
+    mean_t, mean_s = sum(tokens) / n, sum(seconds) / n
+    var = sum((t - mean_t) ** 2 for t in tokens)
+    c1 = sum((t - mean_t) * (s - mean_s) for t, s in zip(tokens, seconds)) / var if var else mean_s / mean_t
+    c1 = max(c1, 0.0)
+    return max(mean_s - c1 * mean_t, 0.0), c1
+
+
+def hidden_exponent(hidden: list[int], seconds: list[float]) -> float | None:
+    """Least-squares slope of log t against log hidden across models (None: fewer than two)."""
+    if len(set(hidden)) < 2:
+        return None
+    xs, ys = [math.log(h) for h in hidden], [math.log(s) for s in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def extrapolate(shape: plan.Shape, pruner: str, tokens: list[int], seconds: list[float], seqlen: int) -> float:
+    """Whole-model seconds at 128 x 2048: blocks x (c0 + c1 T_paper r), with r the plan's FLOPs per
+    token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen)."""
+    c0, c1 = affine_fit(tokens, seconds)
+    per_token = lambda s: (plan.prune_flops(shape, pruner, 2, s) - plan.prune_flops(shape, pruner, 1, s))  # noqa: E731
+    ratio = per_token(PAPER_SEQLEN) / per_token(seqlen) if per_token(seqlen) > 0 else 1.0
+    return shape.blocks * (c0 + c1 * PAPER_TOKENS * ratio)
+
+
+def whole_model_peak(shape: plan.Shape, pruner: str) -> float:
+    """The plan's CPU peak of pruning the whole model at 128 x 2048 (float32, diagnostics off)."""
+    return plan.BASE_BYTES + 4 * shape.params + plan.prune_bytes(shape, pruner, PAPER_TOKENS, PAPER_SEQLEN, 1, 4, False)
+
+
+def table(rows: list[dict], seqlen: int) -> tuple[list[dict], str]:
+    """Summary rows per (model, pruner) and the markdown table (measured and extrapolated)."""
+    by_pair: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by_pair.setdefault((r["model"], r["pruner"]), []).append(r)
+    first_tokens = min(r["tokens"] for r in rows)
+    out = []
+    for (model, pruner), group in by_pair.items():
+        shape = shape_of(model)
+        ok = sorted((r for r in group if "seconds" in r), key=lambda r: r["tokens"])
+        row = {"model": model, "pruner": pruner, "hidden": shape.hidden, "blocks": shape.blocks}
+        if not ok:
+            row["note"] = next((r.get("skipped") or r.get("error") for r in group), "")
+            row["peak_model_gb"] = whole_model_peak(shape, pruner) / plan.GB
+            out.append(row)
+            continue
+        first = ok[0]
+        row.update({"tokens": first["tokens"], "block_s": first["seconds"], "peak_gb": first["peak_rss_mb"] * 2**20 / plan.GB,
+                    "pred_peak_gb": first["predicted_peak_gb"],
+                    "peak_err": first["peak_rss_mb"] * 2**20 / plan.GB / first["predicted_peak_gb"] - 1,
+                    "pred_block_s": first["predicted_s"]})
+        if len(ok) >= 2:
+            row["exp_tokens"] = token_exponent(ok[0]["seconds"], ok[-1]["seconds"], ok[0]["tokens"], ok[-1]["tokens"])
+        row["model_s"] = extrapolate(shape, pruner, [r["tokens"] for r in ok], [r["seconds"] for r in ok], seqlen)
+        row["peak_model_gb"] = whole_model_peak(shape, pruner) / plan.GB
+        out.append(row)
+    for pruner in {r["pruner"] for r in out}:
+        pts = [(r["hidden"], r["block_s"]) for r in out if r["pruner"] == pruner and r.get("tokens") == first_tokens]
+        exp = hidden_exponent([h for h, _ in pts], [s for _, s in pts])
+        for r in out:
+            if r["pruner"] == pruner:
+                r["exp_hidden"] = exp
+    return out, markdown(out)
+
+
+def _f(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _time(seconds: float | None) -> str:
+    return "—" if seconds is None else plan._human_time(seconds)
+
+
+def markdown(out: list[dict]) -> str:
+    """The table: measured per block (left), extrapolated to the whole model (right)."""
+    lines = ["| model | pruner | tokens | block s (measured) | block s (plan) | peak GB (measured) | peak GB (plan) "
+             "| exp. tokens | exp. hidden | whole model at 128×2048 (extrapolated) | peak GB whole model (plan) |",
+             "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in out:
+        if "block_s" not in r:
+            lines.append(f"| {r['model']} | {r['pruner']} | — | {r.get('note', '')} | | | | | | | "
+                         f"{r['peak_model_gb']:.0f} |")
+            continue
+        lines.append(f"| {r['model']} | {r['pruner']} | {r['tokens']} | {r['block_s']:.1f} | {r['pred_block_s']:.1f} "
+                     f"| {r['peak_gb']:.2f} | {r['pred_peak_gb']:.2f} ({r['peak_err']:+.0%}) "
+                     f"| {_f(r.get('exp_tokens'), '.2f')} | {_f(r.get('exp_hidden'), '.2f')} "
+                     f"| {_time(r.get('model_s'))} | {r['peak_model_gb']:.0f} |")
+    return "\n".join(lines)
+
+
+def load_reused(files: str) -> dict[tuple, dict]:
+    """Earlier measurements by (model, pruner, tokens), from bench_scale.json files or JSON lines."""
+    found = {}
+    for name in filter(None, files.split(",")):
+        text = Path(name).read_text()
+        try:
+            rows = json.loads(text)["measurements"]
+        except (ValueError, KeyError, TypeError):
+            rows = [json.loads(line) for line in text.splitlines() if line.startswith('{"model"')]
+        for r in rows:
+            if "seconds" in r:
+                found[(r["model"], r["pruner"], r["tokens"])] = r
+    return found
+
+
+def main(argv: list[str]) -> None:
+    """Measure every (model, pruner, token count) that fits, then print and save the table."""
+    args = parse(argv)
+    reused = load_reused(args["reuse"])
+    seqlen, mem, max_s = int(args["seqlen"]), float(args["mem_gb"]) * plan.GB, float(args["max_s"])
+    rows = []
+    for model in args["models"].split(","):
+        shape = shape_of(model)
+        for pruner in args["pruners"].split(","):
+            for n in (int(x) for x in args["nsamples"].split(",")):
+                tokens = n * seqlen
+                peak, secs = predicted_peak(shape, pruner, tokens, seqlen), predicted_seconds(shape, pruner, tokens, seqlen)
+                row = {"model": model, "pruner": pruner, "tokens": tokens, "predicted_peak_gb": peak / plan.GB,
+                       "predicted_s": secs}
+                if (model, pruner, tokens) in reused:
+                    row = {**reused[(model, pruner, tokens)], "predicted_peak_gb": peak / plan.GB, "predicted_s": secs}
+                elif peak > mem:
+                    row["skipped"] = f"skipped: plan predicts {peak / plan.GB:.1f} GB > mem_gb={args['mem_gb']}"
+                elif secs > max_s:
+                    row["skipped"] = f"skipped: plan predicts {secs:.0f} s > max_s={args['max_s']}"
+                else:
+                    row.update(run_child(model, pruner, n, seqlen, args["sparsity"]))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                if "skipped" in row or pruner == "magnitude":
+                    break  # a larger token count would not fit either; magnitude reads no tokens
+    listed = {(r["model"], r["pruner"], r["tokens"]) for r in rows}
+    for key, r in reused.items():  # earlier token counts of the same pairs (e.g. nsamples=1,2 before)
+        if key not in listed and key[0] in args["models"].split(",") and key[1] in args["pruners"].split(","):
+            rows.append(r)
+    out, text = table(rows, seqlen)
+    folder = Path(args["out"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench_scale.json").write_text(json.dumps({"args": args, "measurements": rows, "table": out}, indent=2))
+    (folder / "bench_scale.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

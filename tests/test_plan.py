@@ -1,0 +1,113 @@
+"""plan=true (runners/plan.py) and the bench-scale table code (runners/bench_scale.py)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runners import bench_scale, plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _local_requests(folder: Path) -> int:
+    """The paper tasks' loglikelihood requests counted straight from the raw local files (one per
+    document and answer choice), independently of eval/zeroshot.py's converters."""
+    z = folder / "zeroshot"
+    lines = lambda name: [json.loads(x) for x in (z / name).read_text().splitlines() if x.strip()]  # noqa: E731
+    total = 2 * len(lines("boolq.validation.jsonl")) + 2 * len(lines("rte.validation.jsonl"))
+    for name in ("arc_easy.test.jsonl", "arc_challenge.test.jsonl"):
+        total += sum(len(r["question"]["choices"]) for r in lines(name))
+    rows = (z / "openbookqa.test.tsv").read_text().splitlines()[1:]
+    total += sum(len(re.findall(r"\([A-Z]\)", r.split("\t")[2])) for r in rows if r.strip())
+    return total
+
+
+def test_plan_prints_every_run_of_the_llama2_preset_offline(local_data, tmp_path):
+    """Acceptance: every run of experiment=sparsellm_llama2 (2 models x 4 pruners x 4 sparsities,
+    plus each dense baseline) is printed with its predicted memory, with no network and nothing
+    launched; the zero-shot request count is the one the raw task files give."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "LLM_PRUNE_DATA": str(local_data)}
+    done = subprocess.run([sys.executable, "run.py", "-m", "experiment=sparsellm_llama2", "plan=true",
+                           f"results.dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = re.findall(r"^(llama-2-(?:7b|13b)__(\w+)__([\d.\-]+)__[0-9a-f]{10}) +no +([\d.]+) GB .*? ([\d.]+) GB +([\d.]+) GB",
+                      done.stdout, re.M)
+    expected = {(m, p, s) for m in ("7b", "13b") for p in ("magnitude", "wanda", "sparsegpt", "sparsellm")
+                for s in ("0.7", "0.8", "0.9", "3-4")} | {("7b", "dense", "0"), ("13b", "dense", "0")}
+    got = {(rid.split("__")[0].removeprefix("llama-2-"), p, s) for rid, p, s, *_ in runs}
+    assert got == expected and len(runs) == 34
+    # the 7B weights alone are 6.74e9 x 4 bytes on the CPU: every CPU prediction is above that
+    assert all(float(cpu) > 27 for _rid, _p, _s, cpu, _g, _r in runs if "7b" in _rid)
+    assert not (tmp_path / "hydra").exists() and not (tmp_path / "runs").exists()  # nothing launched
+    assert f"{_local_requests(local_data):,} loglikelihood requests per run" in done.stdout
+
+
+def test_bad_plan_value_is_one_line():
+    from runners.validate import check_command_line
+
+    problem = check_command_line(["plan=maybe", "model=tiny-opt", "protocol=smoke"])
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith("plan='maybe'") and "true or false" in problem
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_shape_counts_the_weights_transformers_builds(family):
+    """Shape.params and block_params equal the weight matrices and embeddings of the model
+    transformers builds from the same config (norms and biases are not weights we count)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    if family == "llama":
+        raw = {"hidden_size": 96, "intermediate_size": 200, "num_hidden_layers": 2, "num_attention_heads": 6,
+               "num_key_value_heads": 2, "vocab_size": 300, "max_position_embeddings": 128,
+               "tie_word_embeddings": False}
+        net = LlamaForCausalLM(LlamaConfig(**raw))
+    else:
+        raw = {"hidden_size": 64, "ffn_dim": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "vocab_size": 300, "max_position_embeddings": 128}
+        net = OPTForCausalLM(OPTConfig(**raw, word_embed_proj_dim=64))
+    shape = plan.Shape.from_config(raw, family)
+    unique = {id(p): p for p in net.parameters() if p.dim() == 2}.values()  # tied head counted once
+    assert shape.params == sum(p.numel() for p in unique)
+    block = net.model.layers[0] if family == "llama" else net.model.decoder.layers[0]
+    assert shape.block_params == sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_memory_formula_on_the_sparsellm_auxiliaries():
+    """The SparseLLM term of the plan is the README's T x (k d_ff a + 2 hidden 4) bytes on top of
+    SparseGPT's (LLaMA-2-7B at 32 x 2048: 8.7 GB + 2.1 GB, as README "Memory and speed" states)."""
+    shape = bench_scale.shape_of("llama-2-7b")
+    tokens = 32 * 2048
+    extra = plan.pruner_working_bytes(shape, "sparsellm", tokens) - plan.pruner_working_bytes(shape, "sparsegpt", tokens)
+    aux = tokens * (3 * 11008 * 4 + 2 * 4096 * 4)
+    assert extra == aux + 2 * 4 * 11008 ** 2
+    assert round(tokens * 3 * 11008 * 4 / 1e9, 1) == 8.7 and round(tokens * 2 * 4096 * 4 / 1e9, 1) == 2.1
+
+
+def test_bench_scale_fit_and_extrapolation_recover_a_known_cost():
+    """Synthetic seconds t = c0 + c1 T: the affine fit, the token exponent, the hidden-size
+    exponent and the whole-model extrapolation give back the closed forms."""
+    c0, c1 = 3.0, 0.01
+    tokens = [256, 512, 1024]
+    fit = bench_scale.affine_fit(tokens, [c0 + c1 * t for t in tokens])
+    assert fit == pytest.approx((c0, c1))
+    exponent = bench_scale.token_exponent(c0 + c1 * 256, c0 + c1 * 1024, 256, 1024)
+    assert exponent == pytest.approx(math.log((c0 + c1 * 1024) / (c0 + c1 * 256)) / math.log(4))
+    assert bench_scale.hidden_exponent([1024, 4096, 8192], [2.0 * h ** 3 for h in (1024, 4096, 8192)]) == pytest.approx(3)
+    shape = bench_scale.shape_of("llama-2-7b")
+    whole = bench_scale.extrapolate(shape, "wanda", tokens, [c0 + c1 * t for t in tokens], 256)
+    per_token = lambda s: plan.prune_flops(shape, "wanda", 2, s) - plan.prune_flops(shape, "wanda", 1, s)  # noqa: E731
+    assert whole == pytest.approx(32 * (c0 + c1 * 128 * 2048 * per_token(2048) / per_token(256)))
+    rows = [{"model": "llama-2-7b", "pruner": "wanda", "tokens": t, "seconds": c0 + c1 * t,
+             "peak_rss_mb": 1000.0, "predicted_peak_gb": 1000 * 2**20 / 1e9 / 1.1, "predicted_s": 1.0} for t in tokens]
+    out, text = bench_scale.table(rows, 256)
+    assert out[0]["peak_err"] == pytest.approx(0.1) and out[0]["model_s"] == pytest.approx(whole)
+    assert "| llama-2-7b | wanda | 256 |" in text and "+10%" in text
