@@ -206,3 +206,11 @@ def test_end_to_end_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "run.py", "refine=dsnot", "refine.max_cycles=-3", *common], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "refine.max_cycles=-3" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("name", ["none", "dsnot"])
+def test_every_refine_config_instantiates(name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        obj = instantiate(compose(config_name="config", overrides=[f"refine={name}"]).refine)
+    assert obj.name == name and obj.needs_calibration == (name == "dsnot")
+    assert callable(obj.prepare) and callable(obj.apply)
