@@ -156,18 +156,30 @@ class RiaPruner(PerLinearPruner):
         return f"{self.name}+permute" if self.permute else self.name
 
     def prune_block(self, block) -> None:
+        """Prune every Linear of ``block``; when permuted, record per block ``permuted_nm_ok`` (1: every
+        Linear is exactly N:M in its order) and ``permute_gain`` (kept importance permuted / stored)."""
         groups = block.groups if self.sequential else [LinearGroup("all", list(block.linears))]
+        ok, kept, stored = True, 0.0, 0.0
         for group in groups:
             stats = block.collect(self.make_stat, group.names)
             for name in group.names:
                 linear = block.linears[name]
                 block.pattern.check_columns(linear.in_features, name)
                 start = time.perf_counter()
-                mask, order = ria_mask(linear.weight.data, stats[name].norms(), block.pattern, self.a, self.permute)
+                norms = stats[name].norms()
+                mask, order = ria_mask(linear.weight.data, norms, block.pattern, self.a, self.permute)
+                if order is not None:
+                    scores = ria_scores(linear.weight.data, norms, self.a)
+                    kept += float(scores.masked_fill(mask, 0).sum())
+                    stored += kept_importance(scores, block.pattern.n_zero, block.pattern.m)
                 linear.weight.data.masked_fill_(mask, 0)
                 if order is not None:
                     self.permutations[(block.index, name)] = order.cpu()
+                    ok = ok and pattern_ok(linear.weight.data, block.pattern, order)
                 block.record_linear(name, time.perf_counter() - start)
+        if stored > 0:
+            block.record("permuted_nm_ok", float(ok))
+            block.record("permute_gain", kept / stored)
 
 
 def ria_prune(weight: torch.Tensor, stats: InputNorms, pattern: SparsityPattern, a: float = 0.5,

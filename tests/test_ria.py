@@ -120,7 +120,10 @@ def test_engine_prunes_tiny_llama_exactly(permute):
     assert pruner.label == ("ria+permute" if permute else "ria") and pruner.needs_calibration
     ids = torch.randint(0, 1000, (3, 16), generator=torch.Generator().manual_seed(0))
     pattern = SparsityPattern.parse("2:4")
-    prune_model(model, adapter, pruner, pattern, ids, [0, 1, 2], "cpu")
+    report = prune_model(model, adapter, pruner, pattern, ids, [0, 1, 2], "cpu")
+    recorded = {(r["block"], r["metric"]): r["value"] for r in report.blocks}
+    assert all((recorded.get((i, "permuted_nm_ok")) == 1.0) == permute for i in range(3))
+    assert all(recorded[(i, "permute_gain")] >= 1.0 for i in range(3) if permute)
     for i, block in enumerate(adapter.blocks(model)):
         for name, linear in adapter.linears(block).items():
             order = pruner.permutations.get((i, name))
