@@ -8,6 +8,8 @@ through every block (dense with statistics, then pruned), so 2.0 is the floor fo
 methods; magnitude needs no data and runs no pass. Per-block diagnostics are off here, since
 they are a measurement, not part of pruning.
 
+A name ``pruner+refinement`` (``wanda+dsnot``) times that pruner followed by ``refine=<refinement>``.
+
 Usage: ``python -m runners.bench [nsamples=32] [seqlen=2048] [pruners=magnitude,wanda,...]
 [sparsity=0.7] [data.local_dir=PATH] [out=results/bench]``.
 """
@@ -33,9 +35,9 @@ from runners.cli import CONF
 from runners.execution.engine import capture_block_inputs, prune_model, run_block
 from runners.execution.models import ModelSpec, load_model
 
-DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
+DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,wanda+dsnot",
             "sparsity": "0.7", "data.local_dir": "", "out": "results/bench", "cache_dir": ""}
-TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0}
+TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0, "ria": 2.2, "wanda+dsnot": 4.0}
 
 
 def parse(argv: list[str]) -> dict[str, str]:
@@ -61,9 +63,12 @@ def time_pass(model, adapter, tokens) -> float:
 
 
 def build_pruner(name: str):
-    """The pruner as its config group builds it (defaults of conf/pruner/<name>.yaml)."""
+    """``(pruner, refinement or None)`` as their config groups build them: ``wanda`` or ``wanda+dsnot``."""
+    pruner, _, refine = name.partition("+")
+    overrides = [f"pruner={pruner}"] + ([f"refine={refine}"] if refine else [])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return instantiate(compose(config_name="config", overrides=[f"pruner={name}"]).pruner)
+        cfg = compose(config_name="config", overrides=overrides)
+    return instantiate(cfg.pruner), instantiate(cfg.refine) if refine else None
 
 
 def main(argv: list[str]) -> None:
@@ -81,11 +86,12 @@ def main(argv: list[str]) -> None:
           f"{torch.get_num_threads()} threads)", flush=True)
     rows = []
     for name in args["pruners"].split(","):
-        pruner, work = build_pruner(name), copy.deepcopy(model)
+        (pruner, refine), work = build_pruner(name), copy.deepcopy(model)
+        calibrated = pruner.needs_calibration or (refine is not None and refine.needs_calibration)
         start = time.perf_counter()
         with provenance.PeakMemory("cpu") as mem:
-            prune_model(work, adapter, pruner, pattern, tokens if pruner.needs_calibration else None,
-                        list(range(len(adapter.blocks(work)))), "cpu", diagnostics=False)
+            prune_model(work, adapter, pruner, pattern, tokens if calibrated else None,
+                        list(range(len(adapter.blocks(work)))), "cpu", diagnostics=False, refine=refine)
         seconds = time.perf_counter() - start
         rows.append({"pruner": name, "prune_s": round(seconds, 2), "T_pass_s": round(t_pass, 2),
                      "ratio": round(seconds / t_pass, 3), "target": TARGETS.get(name),

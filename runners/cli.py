@@ -9,7 +9,7 @@ from pruners.pattern import SparsityPattern
 from runners.execution.engine import resolve_layers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("model", "pruner", "protocol", "experiment", "allocation")
+GROUPS = ("model", "pruner", "protocol", "experiment", "allocation", "refine")
 
 
 def choices(group: str) -> list[str]:

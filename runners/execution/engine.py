@@ -308,14 +308,16 @@ def block_patterns(blocks, adapter: FamilyAdapter, pattern: SparsityPattern, sel
 @torch.no_grad()
 def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, pattern: SparsityPattern,
                 calib_tokens: torch.Tensor | None, layers: list[int], device: str,
-                batch_size: int = 1, diagnostics: bool = True, allocation=None) -> PruneReport:
+                batch_size: int = 1, diagnostics: bool = True, allocation=None, refine=None) -> PruneReport:
     """Prune the selected ``layers`` of ``model`` in place, block by block; return the report.
 
     ``allocation`` (pruners/allocation.py; None: uniform) gives each block its own sparsity; one
-    that needs calibration data first runs a dense pass over it."""
+    that needs calibration data first runs a dense pass over it. ``refine`` (pruners/refine.py;
+    None: none) refines each pruned block's masks after its pruner, before the pruned pass."""
     blocks = adapter.blocks(model)
     alloc_data = allocation is not None and allocation.needs_calibration
-    need_inputs = pruner.needs_calibration or diagnostics or alloc_data
+    refine_data = refine is not None and refine.needs_calibration
+    need_inputs = pruner.needs_calibration or diagnostics or alloc_data or refine_data
     if need_inputs and calib_tokens is None:
         raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
     batches = capture_block_inputs(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
@@ -327,7 +329,7 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
             report.blocks.append({"block": i, "metric": "target_sparsity", "step": None, "value": patterns[i].ratio})
             if measures:
                 report.blocks.append({"block": i, "metric": "outlier_ratio", "step": None, "value": measures[i]})
-    if not (pruner.needs_calibration or diagnostics):
+    if not (pruner.needs_calibration or diagnostics or refine_data):
         batches = None  # only the allocation's dense pass needed them
     last = max(selected, default=-1)
     for i in progress(range(last + 1), "prune blocks"):
@@ -340,8 +342,12 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
                            adapter.mlp, batches or [], need_dense=diagnostics)
             if diagnostics and not pruner.needs_calibration:
                 run._run()
+            state = refine.prepare(run) if refine is not None else None
             with fallbacks.collecting() as events:
                 pruner.prune_block(run)
+            if refine is not None:
+                refine.apply(run, state)
+                del state
             for kind, count in fallbacks.counts(events).items():
                 report.blocks.append({"block": i, "metric": f"fallback:{kind}", "step": None, "value": count})
                 report.fallbacks[kind] = report.fallbacks.get(kind, 0) + count

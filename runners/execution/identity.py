@@ -57,15 +57,22 @@ class Run:
     dtype: str
     eval_sources: dict
     allocation: object = None  # pruners/allocation.py object; None: uniform
+    refine: object = None      # pruners/refine.py object; None: none
 
     @property
     def allocates(self) -> bool:
         """True when blocks get their own sparsities (any allocation but uniform)."""
         return self.allocation is not None and self.allocation.name != "uniform" and not self.is_dense
 
+    @property
+    def refines(self) -> bool:
+        """True when a refinement runs after the pruner (any but ``none``; never for dense: a no-op)."""
+        return self.refine is not None and self.refine.name != "none" and not self.is_dense
+
     def needs_calibration(self, pruner) -> bool:
-        """The pruner, or the allocation's dense pass, reads calibration data."""
-        return pruner.needs_calibration or (self.allocates and self.allocation.needs_calibration)
+        """The pruner, the allocation's dense pass, or the refinement reads calibration data."""
+        return (pruner.needs_calibration or (self.allocates and self.allocation.needs_calibration)
+                or (self.refines and self.refine.needs_calibration))
 
     @property
     def is_dense(self) -> bool:
@@ -103,7 +110,8 @@ class Run:
         if self.is_dense:
             return "dense"
         label = str(getattr(pruner, "label", self.pruner_cfg["name"]))
-        return f"{label}+{self.allocation.name}" if self.allocates else label
+        label = f"{label}+{self.allocation.name}" if self.allocates else label
+        return f"{label}+{self.refine.name}" if self.refines else label
 
     def key(self, pruner) -> dict:
         """Everything that changes this run's numbers (hashed into the run id)."""
@@ -135,6 +143,8 @@ class Run:
                "prune_batch_size": int(c.prune.batch_size)}
         if self.allocates:  # uniform adds nothing, so the run ids of earlier stores stay valid
             key["allocation"] = OmegaConf.to_container(c.allocation, resolve=True)
+        if self.refines:  # as allocation: none adds nothing
+            key["refine"] = OmegaConf.to_container(c.refine, resolve=True)
         return key
 
     def dense(self) -> "Run":
@@ -197,4 +207,9 @@ def prepare(cfg: DictConfig) -> Run:
         allocation = instantiate(cfg.allocation)
         if pruner_cfg.get("name") != "dense":
             allocation.check(pattern)
-    return Run(cfg, model, pruner_cfg, pattern, layers, device, dtype, sources, allocation)
+    refine = None
+    if cfg.get("refine") is not None:
+        from hydra.utils import instantiate
+
+        refine = instantiate(cfg.refine)
+    return Run(cfg, model, pruner_cfg, pattern, layers, device, dtype, sources, allocation, refine)

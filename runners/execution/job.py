@@ -237,7 +237,7 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         with provenance.PeakMemory(run.device) as mem:
             report = prune_model(model, adapter, pruner, run.pattern, calib, layers, run.device,
                                  cfg.prune.batch_size, bool(cfg.prune.diagnostics),
-                                 run.allocation if run.allocates else None)
+                                 run.allocation if run.allocates else None, run.refine if run.refines else None)
         times["prune"], memory["prune"] = time.perf_counter() - start, mem.summary()
         extra["fallbacks"] = {"total": sum(report.fallbacks.values()), "by_kind": report.fallbacks}
         if report.fallbacks:
