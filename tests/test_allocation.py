@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from pruners.allocation import Owl, exact_counts, outlier_ratio, owl, spread
 from pruners.magnitude import build as magnitude
 from pruners.pattern import SparsityPattern
+from pruners.ria import build as ria
 from pruners.sparsegpt import build as sparsegpt
 from pruners.wanda import build as wanda
 from runners.cli import CONF
@@ -80,11 +81,11 @@ def _zeros(report, block=None):
     return sum(r["zeros"] for r in rows), sum(r["numel"] for r in rows)
 
 
-@pytest.mark.parametrize("pruner", [magnitude(), wanda(), sparsegpt()])
+@pytest.mark.parametrize("pruner", [magnitude(), wanda(), sparsegpt(), ria()])
 def test_owl_through_the_engine_keeps_the_total_exact(pruner):
     """OWL at 0.7 on a tiny model with planted outliers: the outlier block is pruned least, every
     block within 0.7 +- lam, and the total zeros equal round(0.7 * total) to one weight per matrix,
-    for whole-matrix (magnitude), per-row (Wanda) and per-column-block (SparseGPT) pruners alike:
+    for whole-matrix (magnitude), per-row (Wanda, RIA) and per-column-block (SparseGPT) pruners alike:
     an allocation's block patterns are exact (SparsityPattern.exact)."""
     model, adapter = _planted()
     ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
