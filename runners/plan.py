@@ -418,8 +418,9 @@ def format_plan(rows: list[dict], notes: list[str]) -> str:
 
 def plan_requested(argv: list[str]) -> bool:
     """Does the command line ask for ``plan=true``? (validated by runners/validate.py first)."""
-    return any(a.split("=", 1)[0] == "plan" and a.split("=", 1)[1].strip().lower() == "true" for a in argv
-               if "=" in a)
+    # a swept plan=true,false plans too: no job is launched half-planned
+    return any(a.split("=", 1)[0] == "plan" and "true" in a.split("=", 1)[1].strip().lower().split(",")
+               for a in argv if "=" in a)
 
 
 def main(argv: list[str]) -> int:
