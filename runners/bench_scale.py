@@ -20,7 +20,7 @@ Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-
 [pruners=magnitude,wanda,sparsegpt,sparsellm] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
 [out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
 their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
-a table can grow over several shorter invocations.
+a table can grow over several shorter invocations; ``measure=false`` only tabulates them.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from runners import plan
 
 DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
             "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
-            "out": "results/bench_scale", "reuse": ""}
+            "out": "results/bench_scale", "reuse": "", "measure": "true"}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
 TINY_VOCAB = 128
 
@@ -57,6 +57,8 @@ def parse(argv: list[str]) -> dict[str, str]:
             raise SystemExit(f"error: {key}={args[key]!r} is not valid: accepted a positive number") from None
     if not all(x.isdigit() and int(x) > 0 for x in args["nsamples"].split(",")):
         raise SystemExit(f"error: nsamples={args['nsamples']!r} is not valid: accepted whole numbers >= 1 such as 2,4")
+    if args["measure"] not in ("true", "false"):
+        raise SystemExit(f"error: measure={args['measure']!r} is not valid: accepted true or false")
     for model in args["models"].split(","):
         if not (plan_shapes_dir() / f"{model}.json").is_file():
             known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
@@ -191,11 +193,23 @@ def hidden_exponent(hidden: list[int], seconds: list[float]) -> float | None:
 
 def extrapolate(shape: plan.Shape, pruner: str, tokens: list[int], seconds: list[float], seqlen: int) -> float:
     """Whole-model seconds at 128 x 2048: blocks x (c0 + c1 T_paper r), with r the plan's FLOPs per
-    token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen)."""
-    c0, c1 = affine_fit(tokens, seconds)
+    token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen).
+
+    With one token count, or a fitted slope that is not positive (timing noise on a shared
+    machine swamping a small per-token part), the per-token part is the plan's: its per-token
+    FLOPs at the calibrated throughput, and the measured time is taken as the fixed part."""
     per_token = lambda s: (plan.prune_flops(shape, pruner, 2, s) - plan.prune_flops(shape, pruner, 1, s))  # noqa: E731
+    c0, c1 = affine_fit(tokens, seconds) if len(set(tokens)) > 1 else (0.0, 0.0)
+    if c1 <= 0:
+        rate = plan.THROUGHPUT.get(pruner, plan.THROUGHPUT["pass"])
+        return shape.blocks * (sum(seconds) / len(seconds) + per_token(PAPER_SEQLEN) * PAPER_TOKENS / rate)
     ratio = per_token(PAPER_SEQLEN) / per_token(seqlen) if per_token(seqlen) > 0 else 1.0
     return shape.blocks * (c0 + c1 * PAPER_TOKENS * ratio)
+
+
+def plan_model_seconds(shape: plan.Shape, pruner: str) -> float:
+    """The plan's whole-model pruning seconds at 128 x 2048 on the idle CPU (every block)."""
+    return shape.blocks * predicted_seconds(shape, pruner, PAPER_TOKENS, PAPER_SEQLEN)
 
 
 def whole_model_peak(shape: plan.Shape, pruner: str) -> float:
@@ -217,6 +231,7 @@ def table(rows: list[dict], seqlen: int) -> tuple[list[dict], str]:
         if not ok:
             row["note"] = next((r.get("skipped") or r.get("error") for r in group), "")
             row["peak_model_gb"] = whole_model_peak(shape, pruner) / plan.GB
+            row["plan_model_s"] = plan_model_seconds(shape, pruner)
             out.append(row)
             continue
         first = ok[0]
@@ -228,6 +243,7 @@ def table(rows: list[dict], seqlen: int) -> tuple[list[dict], str]:
             row["exp_tokens"] = token_exponent(ok[0]["seconds"], ok[-1]["seconds"], ok[0]["tokens"], ok[-1]["tokens"])
         row["model_s"] = extrapolate(shape, pruner, [r["tokens"] for r in ok], [r["seconds"] for r in ok], seqlen)
         row["peak_model_gb"] = whole_model_peak(shape, pruner) / plan.GB
+        row["plan_model_s"] = plan_model_seconds(shape, pruner)
         out.append(row)
     for pruner in {r["pruner"] for r in out}:
         pts = [(r["hidden"], r["block_s"]) for r in out if r["pruner"] == pruner and r.get("tokens") == first_tokens]
@@ -249,17 +265,18 @@ def _time(seconds: float | None) -> str:
 def markdown(out: list[dict]) -> str:
     """The table: measured per block (left), extrapolated to the whole model (right)."""
     lines = ["| model | pruner | tokens | block s (measured) | block s (plan) | peak GB (measured) | peak GB (plan) "
-             "| exp. tokens | exp. hidden | whole model at 128×2048 (extrapolated) | peak GB whole model (plan) |",
-             "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| exp. tokens | exp. hidden | whole model at 128×2048 (extrapolated) | same (plan, idle CPU) "
+             "| peak GB whole model (plan) |",
+             "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in out:
         if "block_s" not in r:
-            lines.append(f"| {r['model']} | {r['pruner']} | — | {r.get('note', '')} | | | | | | | "
-                         f"{r['peak_model_gb']:.0f} |")
+            lines.append(f"| {r['model']} | {r['pruner']} | — | {r.get('note', '')} | | | | | | "
+                         f"| {_time(r['plan_model_s'])} | {r['peak_model_gb']:.0f} |")
             continue
         lines.append(f"| {r['model']} | {r['pruner']} | {r['tokens']} | {r['block_s']:.1f} | {r['pred_block_s']:.1f} "
                      f"| {r['peak_gb']:.2f} | {r['pred_peak_gb']:.2f} ({r['peak_err']:+.0%}) "
                      f"| {_f(r.get('exp_tokens'), '.2f')} | {_f(r.get('exp_hidden'), '.2f')} "
-                     f"| {_time(r.get('model_s'))} | {r['peak_model_gb']:.0f} |")
+                     f"| {_time(r.get('model_s'))} | {_time(r['plan_model_s'])} | {r['peak_model_gb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -294,6 +311,8 @@ def main(argv: list[str]) -> None:
                        "predicted_s": secs}
                 if (model, pruner, tokens) in reused:
                     row = {**reused[(model, pruner, tokens)], "predicted_peak_gb": peak / plan.GB, "predicted_s": secs}
+                elif args["measure"] == "false":
+                    row["skipped"] = "not measured (measure=false)"
                 elif peak > mem:
                     row["skipped"] = f"skipped: plan predicts {peak / plan.GB:.1f} GB > mem_gb={args['mem_gb']}"
                 elif secs > max_s:

@@ -106,6 +106,9 @@ def test_bench_scale_fit_and_extrapolation_recover_a_known_cost():
     whole = bench_scale.extrapolate(shape, "wanda", tokens, [c0 + c1 * t for t in tokens], 256)
     per_token = lambda s: plan.prune_flops(shape, "wanda", 2, s) - plan.prune_flops(shape, "wanda", 1, s)  # noqa: E731
     assert whole == pytest.approx(32 * (c0 + c1 * 128 * 2048 * per_token(2048) / per_token(256)))
+    # one token count: the measured time is the fixed part, the per-token part is the plan's
+    # (magnitude has none, so the whole model is blocks x the block's seconds)
+    assert bench_scale.extrapolate(shape, "magnitude", [256], [7.0], 256) == pytest.approx(32 * 7.0)
     rows = [{"model": "llama-2-7b", "pruner": "wanda", "tokens": t, "seconds": c0 + c1 * t,
              "peak_rss_mb": 1000.0, "predicted_peak_gb": 1000 * 2**20 / 1e9 / 1.1, "predicted_s": 1.0} for t in tokens]
     out, text = bench_scale.table(rows, 256)
