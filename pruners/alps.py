@@ -12,6 +12,7 @@ Sample config (``conf/pruner/alps.yaml``)::
     max_iter: 300
     pcg_iter: 10
     percdamp: 0.01
+    tol: 1e-3
     sequential: false
 
 Per Linear with weight ``Ŵ`` (out x in) and ``H = (2/N) sum_t x_t x_t^T`` (the SparseGPT
@@ -28,7 +29,8 @@ target pattern, by ADMM on the split ``W = D`` (``D`` carries the constraint):
 
 Every ``rho_every`` iterations ``rho`` grows by 1.3, 1.2 or 1.1 when the support changed in at
 least 10%, 0.5% or fewer of the kept entries since the last check; the loop stops once the
-support did not change at all (or after ``max_iter``). Then the support is fixed and the kept
+support did not change since the last check and ``||W - D|| <= tol ||Ŵ||`` (or after
+``max_iter``). Then the support is fixed and the kept
 weights of every row solve ``H_SS w_S = (H ŵ)_S`` by ``pcg_iter`` steps of conjugate
 gradients with the diagonal preconditioner, all rows at once. Math in float32; pruned entries
 are exactly 0 and the zero count is exactly the pattern's.
@@ -54,14 +56,20 @@ def _prune_mask(scores: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:
     return lowest_k_mask(scores, pattern.zeros(scores.numel()))
 
 
-def _prepared_hessian(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dampened ``H`` scaled to mean diagonal 1 (a copy), and the dead-input flags."""
+def _prepared_hessian(hessian: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dampened ``H`` in unit-diagonal coordinates (a copy), the column scales, dead-input flags.
+
+    With ``S = diag(H)^1/2`` the problem in ``W S`` has the Hessian ``S^-1 H S^-1`` (diagonal 1):
+    the objective and the zero count are unchanged by this change of variables, but the
+    projection then ranks ``|w_ij| * S_j`` and one ``rho`` suits every input.
+    """
     h = hessian.to(torch.float32).clone()
     diag = h.diagonal()
     dead = diag == 0
     diag[dead] = 1.0
     diag.add_(percdamp * diag.mean())
-    return h / diag.mean(), dead
+    scale = diag.sqrt()
+    return h / scale / scale.unsqueeze(1), scale, dead
 
 
 def pcg_refine(h: torch.Tensor, target: torch.Tensor, start: torch.Tensor, keep: torch.Tensor,
@@ -102,6 +110,7 @@ def alps_prune(
     max_iter: int = 300,
     pcg_iter: int = 10,
     percdamp: float = 0.01,
+    tol: float = 1e-3,
 ) -> torch.Tensor:
     """Return a pruned copy of ``weight`` (out x in) that ALPS fits to the dense outputs.
 
@@ -112,8 +121,8 @@ def alps_prune(
     if not pattern.is_nm and pattern.ratio == 0:
         return weight.detach().clone()
     hessian = stats.matrix if isinstance(stats, Hessian) else stats
-    h, dead = _prepared_hessian(hessian.to(weight.device), percdamp)
-    target = weight.detach().to(torch.float32).clone()
+    h, scale, dead = _prepared_hessian(hessian.to(weight.device), percdamp)
+    target = weight.detach().to(torch.float32) * scale  # W S: the unit-diagonal coordinates
     target[:, dead] = 0.0  # a dead input's weight never reaches the output: prune it first
 
     evals, evecs = torch.linalg.eigh(h)
@@ -126,6 +135,7 @@ def alps_prune(
     d = target.masked_fill(pruned, 0.0)
     v = torch.zeros_like(target)
     rho = float(rho0)
+    norm = float(torch.linalg.norm(target))
     kept = max(1, int((~checked).sum()))
     for step in range(1, max_iter + 1):
         # W = (Ŵ H + rho D - V) Q (Λ + rho)^-1 Q^T
@@ -137,12 +147,15 @@ def alps_prune(
         if step % rho_every == 0:
             change = int((pruned != checked).sum())
             checked = pruned
-            if change == 0:
-                break  # the support has settled: ADMM has done its job
+            # Done once the support has settled and W agrees with D (the pruned entries of W
+            # have reached ~0): stopping on the support alone, while rho is still small,
+            # freezes masks that the growing penalty would still improve.
+            if change == 0 and float(torch.linalg.norm(w - d)) <= tol * norm:
+                break
             share = change / kept
             rho *= next(factor for least, factor in RHO_STEPS if share >= least)
 
-    refined = pcg_refine(h, target, d, ~pruned, pcg_iter)
+    refined = pcg_refine(h, target, d, ~pruned, pcg_iter) / scale  # back to W
     out = torch.empty(rows, cols, dtype=weight.dtype, device=weight.device)
     return out.copy_(refined.masked_fill_(pruned, 0.0))
 
@@ -154,6 +167,7 @@ def build(
     max_iter: int = 300,
     pcg_iter: int = 10,
     percdamp: float = 0.01,
+    tol: float = 1e-3,
     sequential: bool = False,
 ) -> PerLinearPruner:
     """Builder used by Hydra's ``_target_``."""
@@ -165,6 +179,7 @@ def build(
     check_setting(isinstance(pcg_iter, int) and pcg_iter >= 0, "pcg_iter", pcg_iter,
                   "a whole number >= 0 (default: 10)")
     check_setting(percdamp >= 0, "percdamp", percdamp, "a number >= 0 (default: 0.01, as SparseGPT)")
+    check_setting(tol > 0, "tol", tol, "a number > 0 (default: 1e-3)")
     prune_fn = functools.partial(alps_prune, rho0=rho0, rho_every=rho_every, max_iter=max_iter,
-                                 pcg_iter=pcg_iter, percdamp=percdamp)
+                                 pcg_iter=pcg_iter, percdamp=percdamp, tol=tol)
     return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential)
