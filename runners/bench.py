@@ -33,9 +33,9 @@ from runners.cli import CONF
 from runners.execution.engine import capture_block_inputs, prune_model, run_block
 from runners.execution.models import ModelSpec, load_model
 
-DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
+DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm,alps",
             "sparsity": "0.7", "data.local_dir": "", "out": "results/bench", "cache_dir": ""}
-TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0}
+TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0, "alps": 30.0}
 
 
 def parse(argv: list[str]) -> dict[str, str]:
