@@ -35,9 +35,11 @@ from runners.cli import CONF
 from runners.execution.engine import capture_block_inputs, prune_model, run_block
 from runners.execution.models import ModelSpec, load_model
 
-DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,wanda+dsnot",
+DEFAULTS = {"nsamples": "32", "seqlen": "2048",
+            "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot",
             "sparsity": "0.7", "data.local_dir": "", "out": "results/bench", "cache_dir": ""}
-TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0, "ria": 2.5, "wanda+dsnot": 4.0}
+TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0, "ria": 2.5, "alps": 30.0,
+           "wanda+dsnot": 4.0}
 
 
 def parse(argv: list[str]) -> dict[str, str]:
