@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -216,13 +215,15 @@ def eval_bytes(shape: Shape, seqlen: int, batch: int, weight_bytes: int) -> floa
 def eval_tokens(cfg: DictConfig) -> tuple[int, list[str]]:
     """Evaluation tokens of the protocol (windows x seqlen per dataset) and notes on datasets
     that are not counted. Window counts come from the local test files' sizes."""
-    from eval.datasets import LOCAL_TEST_FILES
+    from eval.datasets import CORPORA
 
     seqlen, cap, local = int(cfg.eval.seqlen), cfg.eval.max_windows, cfg.data.local_dir
     total, notes = 0, []
     for name in cfg.eval.datasets:
-        file = Path(local) / LOCAL_TEST_FILES[name] if local and name in LOCAL_TEST_FILES else None
-        if file is None or not file.is_file():
+        data = CORPORA.get(name)
+        # Plain-text test files only: a shard's size (JSON, often gzipped) says little about its tokens.
+        file = data.local_file(local, "test") if local and data and not data.splits["test"].shard else None
+        if file is None:
             notes.append(f"{name}: no local test file, not counted")
             continue
         windows = int(file.stat().st_size / CHARS_PER_TOKEN) // seqlen

@@ -27,7 +27,7 @@ def test_help_shows_examples_sparsity_and_groups():
     out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for needle in ("python run.py -m pruner=sparsellm,wanda sparsity=0.7,0.8,0.9", "N zeros in every M",
-                   "3:4 is 75% zeros", "pruner: dense, magnitude", "exit codes"):
+                   "3:4 is 75% zeros", "pruner: alps, dense, magnitude", "exit codes"):
         assert needle in out.stdout, needle
 
 
