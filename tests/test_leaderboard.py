@@ -67,3 +67,15 @@ def test_report_shows_leaderboard_and_allocation(tmp_path):
     table = allocation_table(results, load_store(results).metrics)
     assert list(table[("m wanda+owl 0.7", "target_sparsity")]) == [0.65, 0.75]
     assert "## Layer-wise allocation" in text and "m wanda+owl 0.7: target_sparsity" in text
+
+
+def test_row_order_puts_each_refinement_after_its_pruner_and_plugins_last():
+    """Tables and plots order rows dense, the built-in methods in the papers' order, each refined
+    pruner right after its base (``wanda+dsnot`` after ``wanda``), and unknown plugins last."""
+    from runners.reporting.labels import pruner_order
+    from runners.reporting.plot_style import color
+    names = ["random", "alps", "wanda+dsnot", "sparsegpt", "ria+dsnot", "dense", "ria", "wanda", "magnitude"]
+    assert sorted(names, key=pruner_order) == ["dense", "magnitude", "wanda", "wanda+dsnot", "sparsegpt",
+                                               "ria", "ria+dsnot", "alps", "random"]
+    builtin = ["magnitude", "wanda", "sparsegpt", "ria", "alps", "sparsellm"]
+    assert len({color(n) for n in builtin}) == len(builtin)  # every built-in method its own colour

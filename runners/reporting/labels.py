@@ -16,7 +16,7 @@ VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype",
 DENSE_VARYING = ["dtype", "device", "data_source"]  # what can split the dense baseline
 # Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.
 RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded"}
-PRUNER_ORDER = ["dense", "magnitude", "wanda", "sparsegpt", "sparsellm", "sparsellm+keep_best",
+PRUNER_ORDER = ["dense", "magnitude", "wanda", "sparsegpt", "ria", "alps", "sparsellm", "sparsellm+keep_best",
                 "sparsellm_released"]
 
 
@@ -43,9 +43,15 @@ def sparsity_order(label: str) -> tuple:
 
 
 def pruner_order(name: str) -> tuple:
-    """Sort key of a row label: dense first, then the methods in the papers' order, then the rest."""
+    """Sort key of a row label: dense first, then the methods in the papers' order, then the rest.
+
+    A refined pruner (``wanda+dsnot``) sorts right after its base pruner, so each refinement sits
+    next to the method it refines.
+    """
     head = name.split(" ")[0]
-    return (PRUNER_ORDER.index(head) if head in PRUNER_ORDER else len(PRUNER_ORDER), head, name)
+    base = head if head in PRUNER_ORDER else head.split("+")[0]
+    rank = PRUNER_ORDER.index(base) if base in PRUNER_ORDER else len(PRUNER_ORDER)
+    return (rank, base != head, head, name)
 
 
 def is_dense(label: str) -> bool:
