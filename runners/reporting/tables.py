@@ -110,7 +110,7 @@ def _zeroshot_order(label: str) -> tuple:
     """Sort key of a zero-shot row label ``<pruner> <sparsity> ...``: pruner order, then sparsity."""
     head = label.split(" ")
     sp = sparsity_order(head[1]) if len(head) > 1 and not is_dense(label) else (0, 0.0, 0)
-    return pruner_order(label)[:3], sp, label
+    return pruner_order(head[0]), sp, label  # the pruner word alone: its rank, then the sparsity
 
 
 def zeroshot_grid(frame: pd.DataFrame, metric: str = ACC.name, title: str | None = None) -> Table | None:
