@@ -136,12 +136,13 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     net = build_one_block(model)
     rss_built = provenance._rss_bytes() / 2**20
     adapter = adapter_for(net)
-    pruner = build_pruner(pruner_name)
+    pruner, refine = build_pruner(pruner_name)
+    calibrated = pruner.needs_calibration or (refine is not None and refine.needs_calibration)
     tokens = torch.randint(0, TINY_VOCAB, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with provenance.PeakMemory("cpu") as mem:
         prune_model(net, adapter, pruner, SparsityPattern.parse(sparsity),
-                    tokens if pruner.needs_calibration else None, [0], "cpu", diagnostics=False)
+                    tokens if calibrated else None, [0], "cpu", diagnostics=False, refine=refine)
     seconds = time.perf_counter() - start
     linears = adapter.linears(adapter.blocks(net)[0])
     zeros = sum(int((m.weight == 0).sum()) for m in linears.values())

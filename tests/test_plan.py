@@ -114,3 +114,13 @@ def test_bench_scale_fit_and_extrapolation_recover_a_known_cost():
     out, text = bench_scale.table(rows, 256)
     assert out[0]["peak_err"] == pytest.approx(0.1) and out[0]["model_s"] == pytest.approx(whole)
     assert "| llama-2-7b | wanda | 256 |" in text and "+10%" in text
+
+
+@pytest.mark.parametrize("pruner", ["magnitude", "wanda+dsnot"])
+def test_bench_scale_measures_one_real_block_in_a_child_process(pruner):
+    """The child process really prunes a one-block model with the shipped shapes (SmolLM2's
+    block: small enough for a test) and reports the sparsity it reached and its peak memory."""
+    row = bench_scale.run_child("smollm2-135m", pruner, 1, 32, "0.7")
+    assert "error" not in row, row
+    assert row["sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert row["seconds"] > 0 and row["peak_rss_mb"] > row["rss_start_mb"] > 0
