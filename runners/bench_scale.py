@@ -11,13 +11,13 @@ that peak (``runners/plan.py``). Pairs the plan predicts to need more than ``mem
 
 From two token counts it fits the affine cost ``t(T) = c0 + c1 T`` per block (c0: the
 token-independent work, e.g. SparseGPT's d^3 inverses) and extrapolates to the whole model at
-128 x 2048 tokens (x number of blocks; the per-token part scaled by the plan's FLOPs per token at
+128 x 2048 tokens (x number of blocks; the per-token part scaled by the plan's seconds per token at
 seqlen 2048 over the measured seqlen). Printed: per block the measured seconds and peak, the
 scaling exponent against tokens (log t2/t1 over log T2/T1), the exponent against hidden size
 (least squares across the measured models), and the extrapolated whole-model time and memory.
 
 Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b]
-[pruners=magnitude,wanda,sparsegpt,sparsellm] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
+[pruners=magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
 [out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
 their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
 a table can grow over several shorter invocations; ``measure=false`` only tabulates them.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from runners import plan
 
-DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm",
+DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot",
             "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
             "out": "results/bench_scale", "reuse": "", "measure": "true"}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
@@ -59,6 +59,13 @@ def parse(argv: list[str]) -> dict[str, str]:
         raise SystemExit(f"error: nsamples={args['nsamples']!r} is not valid: accepted whole numbers >= 1 such as 2,4")
     if args["measure"] not in ("true", "false"):
         raise SystemExit(f"error: measure={args['measure']!r} is not valid: accepted true or false")
+    for method in args["pruners"].split(","):
+        pruner, refine = plan.split_method(method)
+        conf = plan_shapes_dir().parent
+        if not (conf / "pruner" / f"{pruner}.yaml").is_file() or (refine and not (conf / "refine" / f"{refine}.yaml").is_file()):
+            known = ", ".join(sorted(p.stem for p in (conf / "pruner").glob("*.yaml")))
+            raise SystemExit(f"error: pruners={method!r} is not a pruner or pruner+refine: accepted {known}, "
+                             "each with an optional +dsnot")
     for model in args["models"].split(","):
         if not (plan_shapes_dir() / f"{model}.json").is_file():
             known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
@@ -86,7 +93,7 @@ def predicted_peak(shape: plan.Shape, pruner: str, tokens: int, seqlen: int) -> 
 
 def predicted_seconds(shape: plan.Shape, pruner: str, tokens: int, seqlen: int) -> float:
     """The plan's CPU seconds for pruning one block (throughputs calibrated on SmolLM2)."""
-    return plan.prune_flops(shape, pruner, tokens, seqlen) / plan.THROUGHPUT[pruner]
+    return plan.prune_seconds(shape, pruner, tokens, seqlen)
 
 
 # ---- the measurement (in a child process) -------------------------------------------------
@@ -193,17 +200,16 @@ def hidden_exponent(hidden: list[int], seconds: list[float]) -> float | None:
 
 
 def extrapolate(shape: plan.Shape, pruner: str, tokens: list[int], seconds: list[float], seqlen: int) -> float:
-    """Whole-model seconds at 128 x 2048: blocks x (c0 + c1 T_paper r), with r the plan's FLOPs per
-    token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen).
+    """Whole-model seconds at 128 x 2048: blocks x (c0 + c1 T_paper r), with r the plan's seconds
+    per token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen).
 
-    With one token count, or a fitted slope that is not positive (timing noise on a shared
-    machine swamping a small per-token part), the per-token part is the plan's: its per-token
-    FLOPs at the calibrated throughput, and the measured time is taken as the fixed part."""
-    per_token = lambda s: (plan.prune_flops(shape, pruner, 2, s) - plan.prune_flops(shape, pruner, 1, s))  # noqa: E731
+    With one token count, or a fitted slope that is not positive (timing noise swamping a small
+    per-token part), the per-token part is the plan's (``plan.prune_seconds``) and the measured
+    time is taken as the fixed part."""
+    per_token = lambda s: (plan.prune_seconds(shape, pruner, 2, s) - plan.prune_seconds(shape, pruner, 1, s))  # noqa: E731
     c0, c1 = affine_fit(tokens, seconds) if len(set(tokens)) > 1 else (0.0, 0.0)
     if c1 <= 0:
-        rate = plan.THROUGHPUT.get(pruner, plan.THROUGHPUT["pass"])
-        return shape.blocks * (sum(seconds) / len(seconds) + per_token(PAPER_SEQLEN) * PAPER_TOKENS / rate)
+        return shape.blocks * (sum(seconds) / len(seconds) + per_token(PAPER_SEQLEN) * PAPER_TOKENS)
     ratio = per_token(PAPER_SEQLEN) / per_token(seqlen) if per_token(seqlen) > 0 else 1.0
     return shape.blocks * (c0 + c1 * PAPER_TOKENS * ratio)
 

@@ -38,11 +38,33 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 whatever the dtype
 
 # Effective FLOP/s on the 2-core AMD EPYC CPU, calibrated from `make bench` (README "Memory and
-# speed": SmolLM2-135M, 32 x 2048 tokens, 30 blocks, 70%): FLOPs of each pruner's model below
-# divided by its measured seconds (T_pass 175.7 s; magnitude 2.7 s, Wanda 320.7 s,
-# SparseGPT 399.2 s, SparseLLM 1627.6 s). `calibrate_cpu()` recomputes them from those seconds.
-BENCH_SECONDS = {"pass": 175.7, "magnitude": 2.7, "wanda": 320.7, "sparsegpt": 399.2, "sparsellm": 1627.6}
+# speed": SmolLM2-135M, 32 x 2048 tokens, 30 blocks, 70%, one run on the idle machine of
+# 2026-12-03): FLOPs of each pruner's model below divided by its measured seconds, less the
+# selection time of SELECT_SECONDS. `calibrate_cpu()` recomputes them from these seconds.
+BENCH_SECONDS = {"pass": 134.2, "magnitude": 1.8, "wanda": 235.5, "sparsegpt": 300.1, "sparsellm": 1265.4,
+                 "ria": 246.2, "alps": 446.1, "wanda+dsnot": 360.8}
 BENCH_TOKENS = (32, 2048)
+# Seconds per weight of a block's mask selection (magnitude's threshold over each matrix, Wanda's
+# and RIA's row sorts), independent of the token count: TBD measured on the real-shaped blocks of
+# `make bench-scale` (README "Paper-scale shapes"), where it is most of a block's time at 256 tokens.
+SELECT_SECONDS = {"magnitude": 38e-9, "wanda": 49e-9, "ria": 49e-9}
+# DSnoT: its swaps per weight of the block (TBD, bench-scale), its float32 temporaries per weight
+# of the largest Linear (the row's growing and pruning scores, the live rows' copies), and the
+# ALPS ADMM iterations assumed per Linear (it stops once the support settles; TBD on SmolLM2)
+# and its weight-sized float32 iterates and temporaries per weight of the widest Linear.
+DSNOT_SECONDS = 10e-9
+# SparseGPT's token-independent work (sparsegpt_linear_flops of every Linear): 116 and 131 GFLOP/s,
+# the fitted fixed part c0 of t = c0 + c1 T of the LLaMA-2-7B and OPT-13B blocks of `make
+# bench-scale` (README "Paper-scale shapes"; 256 and 512 tokens, idle machine).
+GPT_FLOPS = 123e9
+# ALPS's token-independent work (alps_linear_flops at ALPS_ITERATIONS): TBD from `make bench`.
+ALPS_FLOPS = 100e9
+# float64 Cholesky factors and triangular solves (SparseLLM's refits): 79-112 GFLOP/s measured
+# with torch 2.13 on this CPU at 6000-8192 wide matrices (float32 products: 210-215 GFLOP/s).
+FP64_FLOPS = 90e9
+DSNOT_BYTES = 40
+ALPS_ITERATIONS = 60
+ALPS_BYTES = 40
 # GPU: no GPU has been lent to this project yet, so this is an assumption, not a measurement:
 # an effective 100 TFLOP/s for float16 matrix products (about a third of an A100/H100 peak).
 GPU_FLOPS = 100e12
@@ -128,38 +150,98 @@ def sparsegpt_linear_flops(d_in: int, d_out: int) -> float:
     return float(d_in) ** 3 + float(d_out) * d_in ** 2
 
 
+def alps_linear_flops(d_in: int, d_out: int, iterations: int, pcg_iter: int = 10) -> float:
+    """One ALPS call: the eigendecomposition of H (about 9 d_in^3), per ADMM iteration the two
+    products with the eigenvectors (2 x 2 d_out d_in^2), and the conjugate-gradient steps."""
+    return 9.0 * float(d_in) ** 3 + (4.0 * iterations + 2.0 * (pcg_iter + 1)) * d_out * float(d_in) ** 2
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """``wanda+dsnot`` -> ``("wanda", "dsnot")``; ``wanda`` -> ``("wanda", None)`` (``make bench``'s names)."""
+    pruner, _, refine = method.partition("+")
+    return pruner, (refine or None)
+
+
+SPARSELLM = ("sparsellm", "sparsellm_released")
+
+
 def prune_flops(shape: Shape, pruner: str, tokens: int, seqlen: int, iterations: int = 4) -> float:
-    """FLOPs of pruning one block (the two passes included for calibrated methods)."""
-    passes = 2 * pass_flops(shape, tokens, seqlen)
+    """FLOPs of pruning one block that grow with the calibration tokens, run at the pruner's
+    calibrated throughput: the two passes, the Hessians, SparseLLM's per-token products. The
+    token-independent work is ``fixed_seconds``. ``iterations``: SparseLLM's."""
     if pruner == "magnitude":
-        return float(shape.block_params)  # selection only; the throughput constant is per weight
-    if pruner == "wanda":
-        return passes
+        return 0.0
+    passes = 2 * pass_flops(shape, tokens, seqlen)
+    if pruner not in ("sparsegpt", "alps") + SPARSELLM:
+        return passes  # wanda, ria; dense or a plugin: two passes as a floor
     hessians = sum(2.0 * tokens * d * d for d in shape.groups())
-    gpt = sum(sparsegpt_linear_flops(i, o) for _, i, o in shape.linears())
+    if pruner in SPARSELLM:
+        mlp_products = 2.0 * tokens * sum(i * o for _, i, o in shape.mlp_linears())
+        # per iteration: the Gram matrices of the refits and of the pruned inputs (2 T f^2
+        # each) and about six MLP products per token (README)
+        return passes + hessians + iterations * (2 * 2.0 * tokens * shape.ffn ** 2 + 6 * mlp_products)
+    return passes + hessians
+
+
+def sparsellm_fp64_flops(shape: Shape, iterations: int) -> float:
+    """SparseLLM's float64 linear algebra per block: the Cholesky factor of X^T X once; per
+    iteration the p step's SPD inverse (W W^T or W^T W: a product, a factor, a solve against the
+    identity); per refit (every iteration after the first) the factor of the f x f Gram of p,
+    the solve for the down projection and one solve per input Linear against X^T X's factor."""
+    h, f = shape.hidden, shape.ffn
+    small, large = min(h, f), max(h, f)
+    ins = 1 if shape.family == "opt" else 2
+    p_step = 2.0 * small ** 2 * large + small ** 3 / 3 + 2.0 * small ** 3
+    refit = f ** 3 / 3 + 2.0 * f ** 2 * h + ins * 2.0 * h ** 2 * f
+    return h ** 3 / 3 + iterations * p_step + (iterations - 1) * refit
+
+
+def fixed_seconds(shape: Shape, pruner: str, iterations: int = 4) -> float:
+    """Token-independent seconds of pruning one block: the mask selection per weight (magnitude,
+    Wanda, RIA); SparseGPT's per-Linear factorizations and lazy updates at GPT_FLOPS (SparseLLM:
+    once for the block and again on each MLP Linear per iteration, plus its float64 algebra at
+    FP64_FLOPS); ALPS's eigendecompositions and iterations at ALPS_FLOPS."""
+    gpt = lambda linears: sum(sparsegpt_linear_flops(i, o) for _, i, o in linears)  # noqa: E731
+    if pruner in SELECT_SECONDS:
+        return SELECT_SECONDS[pruner] * shape.block_params
     if pruner == "sparsegpt":
-        return passes + hessians + gpt
-    if pruner in ("sparsellm", "sparsellm_released"):
-        mlp = shape.mlp_linears()
-        mlp_gpt = sum(sparsegpt_linear_flops(i, o) for _, i, o in mlp)
-        mlp_products = 2.0 * tokens * sum(i * o for _, i, o in mlp)
-        # per iteration: SparseGPT on each MLP matrix, the Gram matrices of the refits and of
-        # the pruned inputs (2 T f^2 each), and about six MLP products per token (README)
-        per_iter = mlp_gpt + 2 * 2.0 * tokens * shape.ffn ** 2 + 6 * mlp_products
-        return passes + hessians + gpt + iterations * per_iter
-    return passes  # dense or a plugin: two passes as a floor
+        return gpt(shape.linears()) / GPT_FLOPS
+    if pruner in SPARSELLM:
+        return ((gpt(shape.linears()) + iterations * gpt(shape.mlp_linears())) / GPT_FLOPS
+                + sparsellm_fp64_flops(shape, iterations) / FP64_FLOPS)
+    if pruner == "alps":
+        return sum(alps_linear_flops(i, o, ALPS_ITERATIONS) for _, i, o in shape.linears()) / ALPS_FLOPS
+    return 0.0
+
+
+def prune_seconds(shape: Shape, method: str, tokens: int, seqlen: int, iterations: int = 4) -> float:
+    """CPU seconds of pruning one block with ``method`` (``pruner`` or ``pruner+refine``): its
+    token-dependent FLOPs at its calibrated throughput plus its fixed seconds, and for DSnoT one
+    more dense pass (its statistics) at its own throughput plus its swaps per weight."""
+    rate = THROUGHPUT.get
+    pruner, refine = split_method(method)
+    flops = prune_flops(shape, pruner, tokens, seqlen, iterations)
+    seconds = (flops / rate(pruner, rate("pass")) if flops else 0.0) + fixed_seconds(shape, pruner, iterations)
+    if refine == "dsnot":
+        seconds += pass_flops(shape, tokens, seqlen) / rate("dsnot", rate("pass")) + DSNOT_SECONDS * shape.block_params
+    return seconds
 
 
 SMOLLM2 = Shape("llama", 576, 1536, 30, 9, 3, 64, 49152, 8192, True)
 
 
 def calibrate_cpu() -> dict[str, float]:
-    """Effective FLOP/s per pruner (and ``pass``), from the measured ``make bench`` seconds."""
+    """Effective FLOP/s per pruner (and ``pass``, ``dsnot``) of the token-dependent work, from the
+    measured ``make bench`` seconds less the pruner's ``fixed_seconds``."""
     n, s = BENCH_TOKENS
-    tokens = n * s
-    rates = {"pass": SMOLLM2.blocks * pass_flops(SMOLLM2, tokens, s) / BENCH_SECONDS["pass"]}
-    for name in ("magnitude", "wanda", "sparsegpt", "sparsellm"):
-        rates[name] = SMOLLM2.blocks * prune_flops(SMOLLM2, name, tokens, s) / BENCH_SECONDS[name]
+    tokens, blocks, weights = n * s, SMOLLM2.blocks, SMOLLM2.blocks * SMOLLM2.block_params
+    rates = {"pass": blocks * pass_flops(SMOLLM2, tokens, s) / BENCH_SECONDS["pass"]}
+    for name in ("wanda", "ria", "sparsegpt", "sparsellm", "alps"):
+        own = BENCH_SECONDS[name] - blocks * fixed_seconds(SMOLLM2, name)
+        rates[name] = blocks * prune_flops(SMOLLM2, name, tokens, s) / own
+    extra = BENCH_SECONDS["wanda+dsnot"] - BENCH_SECONDS["wanda"] - DSNOT_SECONDS * weights
+    rates["dsnot"] = blocks * pass_flops(SMOLLM2, tokens, s) / extra
+    rates["sparsellm_released"] = rates["sparsellm"]
     return rates
 
 
@@ -172,36 +254,60 @@ THROUGHPUT = calibrate_cpu()
 def pruner_working_bytes(shape: Shape, pruner: str, tokens: int, storage_bytes: int = 4) -> float:
     """Memory a pruner holds for one block beyond the block and its hidden states (float32)."""
     largest = max(i * o for _, i, o in shape.linears())
-    if pruner in ("magnitude", "wanda"):
+    if pruner in ("magnitude", "wanda", "ria"):
         # the largest Linear's float32 scores, the selection's temporaries (a copy for kthvalue,
-        # an int64 row order for wanda's sort), the mask and the pruned copy
+        # an int64 row order for the row sorts), the mask and the pruned copy
         return largest * SELECT_BYTES
     held = sum(STAT_BYTES * d * d for d in shape.groups())  # every group's Hessian
     d_max = max(shape.groups())
+    widest = max(i * o for _, i, o in shape.linears() if i == d_max)
+    if pruner == "alps":
+        # one call on the widest input: H's unit-diagonal copy, its eigenvectors and eigh's
+        # workspace (3 d^2), and the ADMM's weight-sized float32 iterates and temporaries
+        return held + 3 * STAT_BYTES * d_max ** 2 + ALPS_BYTES * max(largest, widest)
     # one call: the damped flipped copy, its Cholesky factor, the inverse built by halves (the
     # result, the two half inverses and a product: 1.5 d^2) and its flipped copy, 4.5 d_in^2 in
     # all (3 d^2 predicted the LLaMA-2-7B block 15% low), plus a float32 transposed weight and the
     # pruned output weight
-    call = 4.5 * STAT_BYTES * d_max ** 2 + 2 * STAT_BYTES * max(i * o for _, i, o in shape.linears() if i == d_max)
+    call = 4.5 * STAT_BYTES * d_max ** 2 + 2 * STAT_BYTES * widest
     if pruner == "sparsegpt":
         return held + call
     if pruner in ("sparsellm", "sparsellm_released"):
+        h, f = shape.hidden, shape.ffn
         k = 2 if shape.family == "opt" else 3
-        aux = tokens * (k * shape.ffn * storage_bytes + 2 * shape.hidden * STAT_BYTES)  # z,(s),p; X, Y
-        refit = 2 * STAT_BYTES * shape.ffn ** 2  # Gram of p and its Cholesky factor
-        return held + call + aux + refit
+        aux = tokens * (k * f * storage_bytes + 2 * h * STAT_BYTES)  # z,(s),p; X, Y
+        # the MLP phase: H of X and its float64 factor, the Gram of p; weight-sized float32
+        # copies (per input Linear: the refit, the pruned and the best iterate, the cross term;
+        # the refit and pruned down projection, the best one and p^T U: 4 k' + 3); and the
+        # larger of the refit's float64 Gram copy and factor (16 f^2) and SparseGPT on the down
+        # projection (the scaled Gram of p, one call)
+        ins = k - 1
+        held_mlp = 12 * h * h + STAT_BYTES * f * f + (4 * ins + 3) * STAT_BYTES * h * f
+        phase = max(16.0 * f * f, STAT_BYTES * f * f + 4.5 * STAT_BYTES * f * f + 2 * STAT_BYTES * h * f)
+        return aux + max(held + call, held_mlp + phase)
     return 0.0
+
+
+def method_working_bytes(shape: Shape, method: str, tokens: int, weight_bytes: int, storage_bytes: int = 4) -> float:
+    """``pruner_working_bytes`` of ``pruner`` or ``pruner+refine``: DSnoT holds the block's dense
+    weights (model dtype) throughout, and its swaps' float32 temporaries replace the pruner's."""
+    pruner, refine = split_method(method)
+    own = pruner_working_bytes(shape, pruner, tokens, storage_bytes)
+    if refine != "dsnot":
+        return own
+    largest = max(i * o for _, i, o in shape.linears())
+    return shape.block_params * weight_bytes + max(own, DSNOT_BYTES * largest)
 
 
 def prune_bytes(shape: Shape, pruner: str, tokens: int, seqlen: int, batch: int, weight_bytes: int,
                 diagnostics: bool, storage_bytes: int = 4) -> float:
     """Working set of the pruning stage for one block: hidden states of the calibration set
     (inputs, outputs, and the dense outputs for diagnostics), one batch's activations, and the
-    pruner's own memory."""
+    pruner's own memory (``pruner`` may be ``pruner+refine``)."""
     calibrated = pruner != "magnitude" or diagnostics
     states = (3 if diagnostics else 2) * tokens * shape.hidden * weight_bytes if calibrated else 0
     acts = batch * seqlen * (3 * shape.ffn + shape.heads * seqlen) * weight_bytes if calibrated else 0
-    return states + acts + pruner_working_bytes(shape, pruner, tokens, storage_bytes)
+    return states + acts + method_working_bytes(shape, pruner, tokens, weight_bytes, storage_bytes)
 
 
 def eval_bytes(shape: Shape, seqlen: int, batch: int, weight_bytes: int) -> float:
@@ -279,6 +385,8 @@ def estimate(shape: Shape, cfg: DictConfig, pruner: str, n_layers: int, eval_tok
              dtype_cpu: str, dtype_gpu: str = "float16") -> Estimate:
     """Predicted peak memory and time of one run on the CPU and on one GPU."""
     dense = pruner == "dense"
+    refine = str(OmegaConf.select(cfg, "refine.name", default="none") or "none")
+    method = pruner if dense or refine == "none" else f"{pruner}+{refine}"
     tokens, seqlen = int(cfg.calib.nsamples) * int(cfg.calib.seqlen), int(cfg.calib.seqlen)
     batch, diag = int(cfg.prune.batch_size), bool(cfg.prune.diagnostics)
     storage = 2 if str(OmegaConf.select(cfg, "pruner.storage_dtype", default="float32")) == "bfloat16" else 4
@@ -286,7 +394,7 @@ def estimate(shape: Shape, cfg: DictConfig, pruner: str, n_layers: int, eval_tok
     s_eval, b_eval = int(cfg.eval.seqlen), int(cfg.eval.batch_size)
 
     def peaks(weight_bytes: int):
-        prune = 0.0 if dense else prune_bytes(shape, pruner, tokens, seqlen, batch, weight_bytes, diag, storage)
+        prune = 0.0 if dense else prune_bytes(shape, method, tokens, seqlen, batch, weight_bytes, diag, storage)
         return prune, eval_bytes(shape, s_eval, b_eval, weight_bytes)
 
     a_cpu, a_gpu = DTYPE_BYTES[dtype_cpu], DTYPE_BYTES[dtype_gpu]
@@ -298,20 +406,21 @@ def estimate(shape: Shape, cfg: DictConfig, pruner: str, n_layers: int, eval_tok
     eval_gpu = whole if whole <= GPU_MEMORY else shape.block_params * a_gpu + eval_g
     gpu_mem = max(shape.block_params * a_gpu + prune_g, eval_gpu)
 
-    def seconds(rate_of) -> float:
+    def seconds(speedup: float) -> float:
+        """Start-up, then evaluation and pruning at the CPU throughputs divided by ``speedup``."""
         flops_eval = eval_tok * (2.0 * (shape.blocks * shape.block_params + shape.vocab * shape.hidden)
                                  + 4.0 * s_eval * shape.heads * shape.head_dim * shape.blocks)
-        total = STARTUP_SECONDS + flops_eval / rate_of("pass")
+        work = flops_eval / THROUGHPUT["pass"]
         if not dense:
             # blocks before the last pruned one that are not pruned still carry the states
-            total += n_layers * prune_flops(shape, pruner, tokens, seqlen, iterations) / rate_of(pruner)
-        return total
+            work += n_layers * prune_seconds(shape, method, tokens, seqlen, iterations)
+        return STARTUP_SECONDS + work / speedup
 
-    cpu_rate = lambda name: THROUGHPUT.get(name, THROUGHPUT["pass"])  # noqa: E731
     rate_scale = SMOLLM2.params / shape.params
-    cpu_s = seconds(cpu_rate) + requests / (ZEROSHOT_RATE * rate_scale)
-    gpu_s = seconds(lambda name: GPU_FLOPS * THROUGHPUT.get(name, THROUGHPUT["pass"]) / THROUGHPUT["pass"])
-    gpu_s += requests / (ZEROSHOT_RATE * rate_scale * GPU_FLOPS / THROUGHPUT["pass"])
+    cpu_s = seconds(1.0) + requests / (ZEROSHOT_RATE * rate_scale)
+    # one GPU: everything at GPU_FLOPS over the CPU's pass throughput (an assumption, see GPU_FLOPS)
+    gpu_speedup = GPU_FLOPS / THROUGHPUT["pass"]
+    gpu_s = seconds(gpu_speedup) + requests / (ZEROSHOT_RATE * rate_scale * gpu_speedup)
     return Estimate(cpu_ram, cpu_s, gpu_mem, BASE_BYTES + weights_g, gpu_s)
 
 

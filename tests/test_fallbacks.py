@@ -68,3 +68,16 @@ def test_run_records_fallbacks_in_blocks_csv_and_manifest(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     text = (results / "report" / "report.md").read_text()
     assert "Numerical fallbacks" in text and "cholesky_damping_raised" in text
+
+
+def test_ridge_cholesky_is_the_factor_of_gram_plus_ridge_identity():
+    """The in-place diagonal shift gives bit for bit the factor of ``gram + lam I`` (lam = ridge x
+    mean diagonal), and leaves the caller's matrix untouched."""
+    torch.manual_seed(0)
+    a = torch.randn(40, 25)
+    gram = a.t() @ a
+    before = gram.clone()
+    lam = 1e-4 * float(gram.double().diagonal().mean())
+    expected = torch.linalg.cholesky(gram.double() + lam * torch.eye(25, dtype=torch.float64))
+    assert torch.equal(ridge_cholesky(gram, 1e-4), expected)
+    assert torch.equal(gram, before)

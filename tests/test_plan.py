@@ -82,13 +82,15 @@ def test_shape_counts_the_weights_transformers_builds(family):
 
 
 def test_memory_formula_on_the_sparsellm_auxiliaries():
-    """The SparseLLM term of the plan is the README's T x (k d_ff a + 2 hidden 4) bytes on top of
-    SparseGPT's (LLaMA-2-7B at 32 x 2048: 8.7 GB + 2.1 GB, as README "Memory and speed" states)."""
+    """The token-dependent SparseLLM term of the plan is the README's T x (k d_ff a + 2 hidden 4)
+    bytes (LLaMA-2-7B at 32 x 2048: 8.7 GB + 2.1 GB, as README "Memory and speed" states); the
+    rest does not depend on T and is above SparseGPT's."""
     shape = bench_scale.shape_of("llama-2-7b")
     tokens = 32 * 2048
-    extra = plan.pruner_working_bytes(shape, "sparsellm", tokens) - plan.pruner_working_bytes(shape, "sparsegpt", tokens)
+    extra = plan.pruner_working_bytes(shape, "sparsellm", tokens) - plan.pruner_working_bytes(shape, "sparsellm", 0)
     aux = tokens * (3 * 11008 * 4 + 2 * 4096 * 4)
-    assert extra == aux + 2 * 4 * 11008 ** 2
+    assert extra == aux
+    assert plan.pruner_working_bytes(shape, "sparsellm", 0) > plan.pruner_working_bytes(shape, "sparsegpt", 0)
     assert round(tokens * 3 * 11008 * 4 / 1e9, 1) == 8.7 and round(tokens * 2 * 4096 * 4 / 1e9, 1) == 2.1
 
 
@@ -124,3 +126,52 @@ def test_bench_scale_measures_one_real_block_in_a_child_process(pruner):
     assert "error" not in row, row
     assert row["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert row["seconds"] > 0 and row["peak_rss_mb"] > row["rss_start_mb"] > 0
+
+
+def test_plan_seconds_give_back_the_bench_seconds_they_were_calibrated_on():
+    """Round trip: at make bench's own setting (SmolLM2, 32 x 2048, 30 blocks) the plan's
+    seconds per pruner, selection and DSnoT terms included, are the measured BENCH_SECONDS."""
+    n, s = plan.BENCH_TOKENS
+    for method in ("wanda", "ria", "sparsegpt", "sparsellm", "alps", "wanda+dsnot"):
+        total = plan.SMOLLM2.blocks * plan.prune_seconds(plan.SMOLLM2, method, n * s, s)
+        assert total == pytest.approx(plan.BENCH_SECONDS[method], rel=1e-9), method
+    passes = plan.SMOLLM2.blocks * plan.pass_flops(plan.SMOLLM2, n * s, s) / plan.THROUGHPUT["pass"]
+    assert passes == pytest.approx(plan.BENCH_SECONDS["pass"])
+
+
+def test_plan_counts_ria_alps_and_dsnot_as_their_own_work():
+    """RIA, ALPS and a DSnoT refinement are not the two-pass floor of an unknown pruner: ALPS
+    holds the Hessians and its ADMM iterates, DSnoT the block's dense weights and one more pass."""
+    shape = bench_scale.shape_of("llama-2-7b")
+    tokens, seqlen = 128 * 2048, 2048
+    largest = max(i * o for _, i, o in shape.linears())
+    assert plan.pruner_working_bytes(shape, "ria", tokens) == plan.SELECT_BYTES * largest  # not 0 as a plugin's
+    assert plan.prune_seconds(shape, "ria", 256, 256) > plan.SELECT_SECONDS["ria"] * shape.block_params
+    assert plan.prune_seconds(shape, "alps", tokens, seqlen) > plan.prune_seconds(shape, "sparsegpt", tokens, seqlen)
+    refined = plan.prune_seconds(shape, "wanda+dsnot", tokens, seqlen) - plan.prune_seconds(shape, "wanda", tokens, seqlen)
+    assert refined > plan.pass_flops(shape, tokens, seqlen) / plan.THROUGHPUT["pass"] * 0.5
+    hessians = sum(4 * d * d for d in shape.groups())
+    assert plan.pruner_working_bytes(shape, "alps", tokens) > hessians
+    dense_copy = shape.block_params * 2  # float16 weights
+    extra = plan.prune_bytes(shape, "wanda+dsnot", tokens, seqlen, 1, 2, False) - plan.prune_bytes(shape, "wanda", tokens, seqlen, 1, 2, False)
+    assert extra >= dense_copy
+
+
+def test_bench_scale_rejects_an_unknown_pruner_in_one_line():
+    with pytest.raises(SystemExit) as err:
+        bench_scale.parse(["pruners=wanda,wandaa"])
+    assert "pruners='wandaa'" in str(err.value) and "accepted" in str(err.value) and "\n" not in str(err.value)
+    assert bench_scale.parse(["pruners=ria,wanda+dsnot"])["pruners"] == "ria,wanda+dsnot"
+
+
+def test_plan_rows_of_a_refined_sweep_carry_the_refinement(local_data, tmp_path):
+    """In-process plan of pruner=wanda,ria,alps x refine=none,dsnot on LLaMA-2-7B: six runs and the
+    dense baseline; every refined run is predicted slower and larger (CPU run) than its unrefined twin."""
+    rows, _ = plan.plan_rows(["-m", "model=llama-2-7b", "pruner=wanda,ria,alps", "refine=none,dsnot", "sparsity=0.7",
+                              "protocol=quick", f"data.local_dir={local_data}", f"results.dir={tmp_path}"])
+    assert len(rows) == 7 and sum(r["pruner"] == "dense" for r in rows) == 1
+    by_id = {r["run_id"]: r["estimate"] for r in rows}
+    assert len(by_id) == 7
+    estimates = [r["estimate"] for r in rows if r["pruner"] != "dense"]
+    for plain, refined in zip(estimates[0::2], estimates[1::2]):
+        assert refined.cpu_seconds > plain.cpu_seconds and refined.cpu_ram > plain.cpu_ram
