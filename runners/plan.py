@@ -39,31 +39,33 @@ STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 wha
 
 # Effective FLOP/s on the 2-core AMD EPYC CPU, calibrated from `make bench` (README "Memory and
 # speed": SmolLM2-135M, 32 x 2048 tokens, 30 blocks, 70%, one run on the idle machine of
-# 2026-12-03): FLOPs of each pruner's model below divided by its measured seconds, less the
-# selection time of SELECT_SECONDS. `calibrate_cpu()` recomputes them from these seconds.
+# 2026-12-03): the token-dependent FLOPs of each pruner's model below divided by its measured
+# seconds less its token-independent seconds (fixed_seconds). `calibrate_cpu()` recomputes them from these seconds.
 BENCH_SECONDS = {"pass": 134.2, "magnitude": 1.8, "wanda": 235.5, "sparsegpt": 300.1, "sparsellm": 1265.4,
                  "ria": 246.2, "alps": 446.1, "wanda+dsnot": 360.8}
 BENCH_TOKENS = (32, 2048)
 # Seconds per weight of a block's mask selection (magnitude's threshold over each matrix, Wanda's
-# and RIA's row sorts), independent of the token count: TBD measured on the real-shaped blocks of
-# `make bench-scale` (README "Paper-scale shapes"), where it is most of a block's time at 256 tokens.
+# and RIA's row sorts), independent of the token count: the fitted fixed part c0 of the OPT-13B,
+# OPT-66B and LLaMA-2-70B blocks of `make bench-scale` (README "Paper-scale shapes", idle machine;
+# magnitude 37-41 ns, Wanda 48-51 ns; the smaller LLaMA-2-7B matrices run faster, 22 and 36 ns).
 SELECT_SECONDS = {"magnitude": 38e-9, "wanda": 49e-9, "ria": 49e-9}
-# DSnoT: its swaps per weight of the block (TBD, bench-scale), its float32 temporaries per weight
-# of the largest Linear (the row's growing and pruning scores, the live rows' copies), and the
-# ALPS ADMM iterations assumed per Linear (it stops once the support settles; TBD on SmolLM2)
-# and its weight-sized float32 iterates and temporaries per weight of the widest Linear.
-DSNOT_SECONDS = 10e-9
 # SparseGPT's token-independent work (sparsegpt_linear_flops of every Linear): 116 and 131 GFLOP/s,
 # the fitted fixed part c0 of t = c0 + c1 T of the LLaMA-2-7B and OPT-13B blocks of `make
-# bench-scale` (README "Paper-scale shapes"; 256 and 512 tokens, idle machine).
+# bench-scale` (256 and 512 tokens, idle machine).
 GPT_FLOPS = 123e9
-# ALPS's token-independent work (alps_linear_flops at ALPS_ITERATIONS): TBD from `make bench`.
-ALPS_FLOPS = 100e9
 # float64 Cholesky factors and triangular solves (SparseLLM's refits): 79-112 GFLOP/s measured
 # with torch 2.13 on this CPU at 6000-8192 wide matrices (float32 products: 210-215 GFLOP/s).
 FP64_FLOPS = 90e9
+# DSnoT: its swaps per weight of the block, the mean of 103, 260 and 214 ns on the LLaMA-2-7B,
+# OPT-13B and LLaMA-2-70B blocks of `make bench-scale` (wanda+dsnot less wanda at 256 tokens; the
+# cost is per swap cycle of the rows still live, so it varies with the weights); and its float32
+# temporaries per weight of the largest Linear (the rows' growing and pruning scores, the copies).
+DSNOT_SECONDS = 190e-9
 DSNOT_BYTES = 40
-ALPS_ITERATIONS = 60
+# ALPS: ADMM iterations per Linear (it stops once the support settles): 36 on average, 30-45,
+# over the 210 Linears of SmolLM2 at 8 x 2048 C4 tokens and 70% (one run, 2026-12-04); assumed
+# the same at every scale. Its weight-sized float32 iterates and temporaries per weight.
+ALPS_ITERATIONS = 36
 ALPS_BYTES = 40
 # GPU: no GPU has been lent to this project yet, so this is an assumption, not a measurement:
 # an effective 100 TFLOP/s for float16 matrix products (about a third of an A100/H100 peak).
@@ -196,11 +198,16 @@ def sparsellm_fp64_flops(shape: Shape, iterations: int) -> float:
     return h ** 3 / 3 + iterations * p_step + (iterations - 1) * refit
 
 
+def alps_fixed_flops(shape: Shape) -> float:
+    """ALPS's token-independent FLOPs of one block at ALPS_ITERATIONS iterations per Linear."""
+    return sum(alps_linear_flops(i, o, ALPS_ITERATIONS) for _, i, o in shape.linears())
+
+
 def fixed_seconds(shape: Shape, pruner: str, iterations: int = 4) -> float:
     """Token-independent seconds of pruning one block: the mask selection per weight (magnitude,
     Wanda, RIA); SparseGPT's per-Linear factorizations and lazy updates at GPT_FLOPS (SparseLLM:
     once for the block and again on each MLP Linear per iteration, plus its float64 algebra at
-    FP64_FLOPS); ALPS's eigendecompositions and iterations at ALPS_FLOPS."""
+    FP64_FLOPS); ALPS's eigendecompositions and iterations at the rate calibrate_cpu finds."""
     gpt = lambda linears: sum(sparsegpt_linear_flops(i, o) for _, i, o in linears)  # noqa: E731
     if pruner in SELECT_SECONDS:
         return SELECT_SECONDS[pruner] * shape.block_params
@@ -210,7 +217,7 @@ def fixed_seconds(shape: Shape, pruner: str, iterations: int = 4) -> float:
         return ((gpt(shape.linears()) + iterations * gpt(shape.mlp_linears())) / GPT_FLOPS
                 + sparsellm_fp64_flops(shape, iterations) / FP64_FLOPS)
     if pruner == "alps":
-        return sum(alps_linear_flops(i, o, ALPS_ITERATIONS) for _, i, o in shape.linears()) / ALPS_FLOPS
+        return alps_fixed_flops(shape) / THROUGHPUT["alps_fixed"]
     return 0.0
 
 
@@ -236,9 +243,14 @@ def calibrate_cpu() -> dict[str, float]:
     n, s = BENCH_TOKENS
     tokens, blocks, weights = n * s, SMOLLM2.blocks, SMOLLM2.blocks * SMOLLM2.block_params
     rates = {"pass": blocks * pass_flops(SMOLLM2, tokens, s) / BENCH_SECONDS["pass"]}
-    for name in ("wanda", "ria", "sparsegpt", "sparsellm", "alps"):
+    for name in ("wanda", "ria", "sparsegpt", "sparsellm"):
         own = BENCH_SECONDS[name] - blocks * fixed_seconds(SMOLLM2, name)
         rates[name] = blocks * prune_flops(SMOLLM2, name, tokens, s) / own
+    # ALPS: its passes and Hessians are SparseGPT's (same rate); the rest of its seconds are its
+    # eigendecompositions and iterations
+    rates["alps"] = rates["sparsegpt"]
+    own = BENCH_SECONDS["alps"] - blocks * prune_flops(SMOLLM2, "alps", tokens, s) / rates["alps"]
+    rates["alps_fixed"] = blocks * alps_fixed_flops(SMOLLM2) / own
     extra = BENCH_SECONDS["wanda+dsnot"] - BENCH_SECONDS["wanda"] - DSNOT_SECONDS * weights
     rates["dsnot"] = blocks * pass_flops(SMOLLM2, tokens, s) / extra
     rates["sparsellm_released"] = rates["sparsellm"]
