@@ -36,7 +36,7 @@ test-fast: install ## the fast tests only
 bench: install ## time each pruner against one calibration pass on SmolLM2-135M
 	$(PY) -m runners.bench $(DATA_ARG)
 
-bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes; extrapolate (ARGS="mem_gb=8 max_s=75")
+bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes with each pruner; extrapolate (ARGS="mem_gb=8 max_s=75")
 	$(PY) -m runners.bench_scale $(ARGS)
 
 report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")

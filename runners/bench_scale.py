@@ -38,6 +38,7 @@ DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magn
             "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
             "out": "results/bench_scale", "reuse": "", "measure": "true"}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
+MIN_RISE = 0.2  # a fitted per-token slope is used only when it moves the time by 20% or more
 TINY_VOCAB = 128
 
 
@@ -203,12 +204,14 @@ def extrapolate(shape: plan.Shape, pruner: str, tokens: list[int], seconds: list
     """Whole-model seconds at 128 x 2048: blocks x (c0 + c1 T_paper r), with r the plan's seconds
     per token at seqlen 2048 over those at the measured seqlen (attention grows with seqlen).
 
-    With one token count, or a fitted slope that is not positive (timing noise swamping a small
-    per-token part), the per-token part is the plan's (``plan.prune_seconds``) and the measured
-    time is taken as the fixed part."""
+    With one token count, or a fitted slope whose rise over the measured token range is under
+    ``MIN_RISE`` of the mean time (timing noise, +-5-10% between repeats, would then be read as
+    the per-token cost and multiplied by ~1000 at the paper's token count), the per-token part
+    is the plan's (``plan.prune_seconds``) and the measured mean is taken as the fixed part."""
     per_token = lambda s: (plan.prune_seconds(shape, pruner, 2, s) - plan.prune_seconds(shape, pruner, 1, s))  # noqa: E731
     c0, c1 = affine_fit(tokens, seconds) if len(set(tokens)) > 1 else (0.0, 0.0)
-    if c1 <= 0:
+    rise = c1 * (max(tokens) - min(tokens))
+    if rise < MIN_RISE * sum(seconds) / len(seconds):
         return shape.blocks * (sum(seconds) / len(seconds) + per_token(PAPER_SEQLEN) * PAPER_TOKENS)
     ratio = per_token(PAPER_SEQLEN) / per_token(seqlen) if per_token(seqlen) > 0 else 1.0
     return shape.blocks * (c0 + c1 * PAPER_TOKENS * ratio)

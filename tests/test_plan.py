@@ -111,6 +111,11 @@ def test_bench_scale_fit_and_extrapolation_recover_a_known_cost():
     # one token count: the measured time is the fixed part, the per-token part is the plan's
     # (magnitude has none, so the whole model is blocks x the block's seconds)
     assert bench_scale.extrapolate(shape, "magnitude", [256], [7.0], 256) == pytest.approx(32 * 7.0)
+    # a rise under 20% of the time across the token range is noise, not a per-token cost: the
+    # plan's per-token part is used, with the measured mean as the fixed part
+    plan_part = bench_scale.extrapolate(shape, "sparsegpt", [256], [40.0], 256)
+    assert bench_scale.extrapolate(shape, "sparsegpt", [256, 2048], [38.0, 42.0], 256) == pytest.approx(plan_part)
+    assert bench_scale.extrapolate(shape, "sparsegpt", [256, 2048], [38.0, 52.0], 256) != pytest.approx(plan_part)
     rows = [{"model": "llama-2-7b", "pruner": "wanda", "tokens": t, "seconds": c0 + c1 * t,
              "peak_rss_mb": 1000.0, "predicted_peak_gb": 1000 * 2**20 / 1e9 / 1.1, "predicted_s": 1.0} for t in tokens]
     out, text = bench_scale.table(rows, 256)
