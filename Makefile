@@ -8,7 +8,7 @@ DATA   ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 DATA_ARG := $(if $(DATA),data.local_dir=$(DATA),)
 export LLM_PRUNE_DATA := $(DATA)
 
-.PHONY: help install quickstart sweep test test-fast bench bench-scale report clean
+.PHONY: help install quickstart sweep test test-fast test-cuda bench bench-scale report clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: install ## run the whole test suite (what CI runs)
 
 test-fast: install ## the fast tests only
 	$(PY) -m pytest -q -m "not slow"
+
+test-cuda: install ## the accelerator subset (pytest -m cuda) on $$LLM_PRUNE_TEST_DEVICE (default cuda; skipped without one)
+	$(PY) -m pytest -q -m cuda
 
 bench: install ## time each pruner against one calibration pass on SmolLM2-135M
 	$(PY) -m runners.bench $(DATA_ARG)

@@ -4,6 +4,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import runners.execution.models
 from runners.validate import check_command_line
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline da
 # (command line, text the one-line message must contain: the key and the value as given)
 BAD = [
     (["seed=abc"], "seed='abc'"), (["seed=1.5"], "seed=1.5"), (["seed=-1"], "seed=-1"), (["seed=true"], "seed=True"),
-    (["device=cuda"], "device='cuda'"), (["device=tpu"], "device='tpu'"), (["model.dtype=float8"], "model.dtype='float8'"),
+    *([(["device=cuda"], "device='cuda'")] if not torch.cuda.is_available() else []), (["device=tpu"], "device='tpu'"), (["model.dtype=float8"], "model.dtype='float8'"),
     (["sparsity=1.2"], "sparsity='1.2'"), (["sparsity=5:4"], "sparsity='5:4'"), (["sparsity=0:4"], "sparsity='0:4'"),
     (["sparsity=abc"], "sparsity='abc'"), (["sparsity=-0.1"], "sparsity='-0.1'"), (["sparsity=nan"], "sparsity='nan'"),
     (["model=tiny-llama", "sparsity=2:3"], "sparsity=2:3"), (["model=tiny-opt", "sparsity=3:5"], "sparsity=3:5"),
