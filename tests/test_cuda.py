@@ -18,7 +18,7 @@ from runners.cli import CONF
 from runners.execution.identity import run_id
 from runners.execution.job import resolve, run_job
 from runners.execution.store import load_metrics, read_manifest
-from tests.conftest import data_dir
+from tests.conftest import compose_wanda_smoke, data_dir
 
 DEVICE = os.environ.get("LLM_PRUNE_TEST_DEVICE", "cuda")
 KIND = "cuda" if DEVICE.startswith("cuda") else "cpu"
@@ -32,10 +32,8 @@ pytestmark = [
 
 
 def _compose(results, cache_dir, *overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            f"data.local_dir={data_dir()}", "protocol=smoke", "eval.datasets=[wikitext2]", f"device={DEVICE}",
-            f"results.dir={results}", f"cache_dir={cache_dir}", *overrides])
+    """A smoke run on the test device (conftest's Wanda 0.5 smoke config; later overrides win)."""
+    return compose_wanda_smoke(results, cache_dir, f"device={DEVICE}", *overrides)
 
 
 def _perplexities(results) -> dict[str, float]:
