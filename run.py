@@ -55,7 +55,8 @@ if __name__ == "__main__":
     import time
 
     from runners import callbacks
-    from runners.validate import check_command_line, results_dir, sweep_points
+    from runners.cli import results_dir, sweep_points
+    from runners.validate import check_command_line
 
     args = sys.argv[1:]
     problem = check_command_line(args)

@@ -1,23 +1,21 @@
 """Perplexity computed block by block, for models larger than the device.
 
 The weights stay in CPU memory; the windows' hidden states are carried across the decoder
-blocks, one block on the device at a time (the engine's own capture/run machinery), then the
+blocks, one block on the device at a time (``core.walk``, the walk pruning uses), then the
 final norm and lm_head turn them into logits and the same loss as ``eval.perplexity``.
 The number equals the whole-model forward up to float rounding (tested to 1e-5 relative).
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from runners.execution.adapters import adapter_for
-from runners.execution.engine import Batch, capture_block_inputs, run_block
+from core.families import adapter_for
+from core.walk import final_hidden, head_logits
 
-from .perplexity import windows
+from .perplexity import ppl_from_losses, token_losses, windows
 
 SETTINGS = ("auto", "true", "false")
 
@@ -67,29 +65,13 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
     Hidden states between blocks are kept on the CPU so the device holds one block and one
     batch's activations; the model ends on the CPU.
     """
-    adapter = adapter_for(model)
-    inputs = capture_block_inputs(model, adapter, batches, device, batch_size=batch_size)
-    states = [Batch(b.hidden.cpu(), b.args, b.kwargs) for b in inputs]
-    for block in adapter.blocks(model):
-        block.to(device)
-        moved = [Batch(s.hidden.to(device), s.args, s.kwargs) for s in states]
-        states = [Batch(o.cpu(), s.args, s.kwargs) for o, s in zip(run_block(block, moved), states)]
-        if device != "cpu":
-            block.to("cpu")
-    head = adapter.head(model)
-    for module in head:
-        module.to(device)
-    losses = []
-    for start, state in zip(range(0, len(batches), batch_size), states):
-        hidden = state.hidden.to(device)
-        for module in head:
-            hidden = module(hidden)
-        x = batches[start : start + batch_size].to(device)
-        shift = hidden[:, :-1].float()
-        loss = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-        losses.append(loss.view(x.shape[0], -1).mean(1).cpu())
+    family = adapter_for(model)
+    states = final_hidden(model, family, batches, device, batch_size, offload=True)
+    losses = [token_losses(head_logits(model, family, hidden.to(device), device),
+                           batches[start : start + batch_size].to(device))
+              for start, hidden in zip(range(0, len(batches), batch_size), states.hidden)]
     if device != "cpu":
-        for module in head:
+        for module in family.head(model):
             module.to("cpu")
     return torch.cat(losses)
 
@@ -97,9 +79,7 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
 def blockwise_perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, device: str,
                          max_windows: int | None = None, batch_size: int = 1) -> float:
     """Perplexity of ``model`` on token ids (1 x n), block by block; same windows as ``perplexity``."""
-    losses = blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size)
-    mean = losses.double().mean().item()
-    return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))
+    return ppl_from_losses(blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size))
 
 
 def offload_device_map(model: nn.Module, device_bytes: int, host_bytes: int) -> dict:

@@ -20,6 +20,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from core.families import LinearGroup, MlpSpec  # noqa: F401  (part of the pruner interface)
+
 from .pattern import SparsityPattern
 
 
@@ -30,31 +32,6 @@ class Statistic(Protocol):
     """
 
     def add(self, x: torch.Tensor) -> None: ...
-
-
-@dataclass
-class LinearGroup:
-    """Linears of a block that read the same input (e.g. q, k, v), so share statistics.
-
-    ``role`` is one of ``attn_in``, ``attn_out``, ``mlp_in``, ``mlp_out``.
-    """
-
-    role: str
-    names: list[str]
-
-
-@dataclass
-class MlpSpec:
-    """What a block-level MLP optimizer must know about the block's MLP.
-
-    ``kind`` is ``"relu"`` (OPT: ``out(relu(inp(x)))``) or ``"gated_silu"``
-    (LLaMA: ``down(silu(gate(x)) * up(x))``). Names are keys of ``BlockContext.linears``.
-    """
-
-    kind: str
-    up: str
-    down: str
-    gate: str | None = None
 
 
 @dataclass

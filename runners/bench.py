@@ -30,9 +30,10 @@ from eval.calibration import calibration_tokens
 from pruners.pattern import SparsityPattern
 
 from runners.execution import provenance
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.cli import CONF
-from runners.execution.engine import capture_block_inputs, prune_model, run_block
+from core.walk import capture, walk
+from runners.execution.engine import prune_model
 from runners.execution.models import ModelSpec, load_model
 
 DEFAULTS = {"nsamples": "32", "seqlen": "2048",
@@ -56,11 +57,10 @@ def parse(argv: list[str]) -> dict[str, str]:
 @torch.no_grad()
 def time_pass(model, adapter, tokens) -> float:
     """Seconds of one pass of ``tokens`` through all decoder blocks (inputs captured beforehand)."""
-    batches = capture_block_inputs(model, adapter, tokens, "cpu")
+    inputs = capture(model, adapter, tokens, "cpu")
     start = time.perf_counter()
-    for block in adapter.blocks(model):
-        outputs = run_block(block, batches)
-        batches = [type(b)(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]
+    for _ in walk(model, adapter, inputs, "cpu", desc="timed pass"):
+        pass
     return time.perf_counter() - start
 
 

@@ -137,7 +137,7 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     from pruners.pattern import SparsityPattern
     from runners.bench import build_pruner
     from runners.execution import provenance
-    from runners.execution.adapters import adapter_for
+    from core.families import adapter_for
     from runners.execution.engine import prune_model
 
     rss_start = provenance._rss_bytes() / 2**20

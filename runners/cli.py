@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from eval.datasets import check_dataset_names
 from pruners.pattern import SparsityPattern
 
-from runners.execution.engine import resolve_layers
+from core.layers import resolve_layers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "pruner", "protocol", "experiment", "allocation", "refine")
@@ -56,3 +58,42 @@ def check_overrides(argv: list[str]) -> str | None:
         except ValueError as err:
             return str(err)
     return None
+
+
+def sweep_points(argv: list[str]) -> list[list[str]]:
+    """The override list of every job the command line launches (one list without ``-m``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose(config_name="config", overrides=first_point(overrides), return_hydra_config=True)
+    params = OmegaConf.to_container(base.hydra.sweeper.params) if base.hydra.sweeper.get("params") else {}
+    parsed = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + overrides)
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def first_point(overrides: list[str]) -> list[str]:
+    """The overrides with every comma sweep replaced by its first value (one composable job)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        value = next(iter(o.sweep_string_iterator())) if o.is_discrete_sweep() else o.get_value_element_as_str()
+        first.append(f"{o.get_key_element()}={value}")
+    return first
+
+
+def results_dir(argv: list[str]) -> str:
+    """The ``results.dir`` of the command line's first run."""
+    from hydra import compose, initialize_config_dir
+
+    job = [o for o in first_point([a for a in argv if not a.startswith("-")]) if not o.startswith("hydra")]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return str(compose(config_name="config", overrides=job).results.dir)

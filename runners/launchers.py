@@ -176,8 +176,7 @@ def _compose_launcher(hydra_overrides: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from runners.cli import CONF
-    from runners.validate import first_point
+    from runners.cli import CONF, first_point
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -470,10 +470,10 @@ def plan_rows(argv: list[str]) -> tuple[list[dict], list[str]]:
 
     from runners.cli import CONF
     from runners.execution import store
-    from runners.execution.engine import resolve_layers
+    from core.layers import resolve_layers
     from runners.execution.identity import run_id
     from runners.execution.job import resolve
-    from runners.validate import sweep_points
+    from runners.cli import sweep_points
 
     rows, notes, seen = [], [], set()
     points = sweep_points(argv)

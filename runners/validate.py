@@ -33,9 +33,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from eval.datasets import CORPORA
 from pruners.pattern import SparsityPattern
 
-from runners.cli import CONF
-from runners.execution.adapters import family_named
-from runners.execution.engine import resolve_layers
+from runners.cli import CONF, first_point, sweep_points
+from core.families import family_named
+from core.layers import resolve_layers
 
 SHAPES = CONF / "shapes"
 
@@ -283,36 +283,6 @@ def check_config(cfg: DictConfig) -> None:
     check_files(cfg)
 
 
-def sweep_points(argv: list[str]) -> list[list[str]]:
-    """The override list of every job the command line launches (one list without ``-m``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    if not multirun:
-        return [overrides]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        base = compose(config_name="config", overrides=first_point(overrides), return_hydra_config=True)
-    params = OmegaConf.to_container(base.hydra.sweeper.params) if base.hydra.sweeper.get("params") else {}
-    parsed = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + overrides)
-    return BasicSweeper.split_arguments(parsed, None)[0]
-
-
-def first_point(overrides: list[str]) -> list[str]:
-    """The overrides with every comma sweep replaced by its first value (one composable job)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    first = []
-    for o in OverridesParser.create().parse_overrides(overrides):
-        value = next(iter(o.sweep_string_iterator())) if o.is_discrete_sweep() else o.get_value_element_as_str()
-        first.append(f"{o.get_key_element()}={value}")
-    return first
-
-
 def _one_line(err: BaseException, point: list[str] | None = None) -> str:
     """Hydra's or OmegaConf's error as one line; an unknown key names the keys its parent accepts."""
     text = str(err).strip() or type(err).__name__
@@ -362,15 +332,6 @@ def validate(argv: list[str]) -> str | None:
                 point = []
         return _one_line(err, point)
     return None
-
-
-def results_dir(argv: list[str]) -> str:
-    """The ``results.dir`` of the command line's first run."""
-    from hydra import compose, initialize_config_dir
-
-    job = [o for o in first_point([a for a in argv if not a.startswith("-")]) if not o.startswith("hydra")]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return str(compose(config_name="config", overrides=job).results.dir)
 
 
 def check_command_line(argv: list[str]) -> str | None:

@@ -13,7 +13,7 @@ from pruners.ria import build as ria
 from pruners.sparsegpt import build as sparsegpt
 from pruners.wanda import build as wanda
 from runners.cli import CONF
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.execution.engine import prune_model
 from runners.execution.identity import prepare, run_id
 from runners.validate import check_command_line

@@ -17,7 +17,7 @@ from pruners.refine_dsnot import DSnoT, InputMoments, build, dsnot_refine, expec
 from pruners.sparsegpt import build as sparsegpt
 from pruners.wanda import build as wanda
 from runners.cli import CONF
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.execution.engine import prune_model
 from runners.execution.identity import prepare, run_id
 from runners.execution.store import load_metrics, read_manifest

@@ -8,8 +8,10 @@ from pruners.dense import DensePruner
 from pruners.magnitude import build as magnitude
 from pruners.pattern import SparsityPattern
 from pruners.wanda import build as wanda
-from runners.execution.adapters import adapter_for
-from runners.execution.engine import capture_block_inputs, forward_logits, prune_model, resolve_layers
+from core.families import adapter_for
+from core.layers import resolve_layers
+from core.walk import capture
+from runners.execution.engine import forward_logits, prune_model
 from tests.conftest import tiny_model
 
 
@@ -77,7 +79,7 @@ def test_magnitude_runs_no_calibration_pass():
 def test_llama_block_receives_rotary_embeddings():
     """The captured block-0 arguments of a LLaMA model carry position_embeddings (cos, sin)."""
     model = tiny_model("tiny-llama")
-    batches = capture_block_inputs(model, adapter_for(model), _tokens(2, 16), "cpu", batch_size=2)
+    batches = capture(model, adapter_for(model), _tokens(2, 16), "cpu", batch_size=2).batches(0)
     cos, sin = batches[0].kwargs["position_embeddings"]
     assert cos.shape[-2] == 16 and sin.shape == cos.shape
 
@@ -136,7 +138,7 @@ def test_capture_gives_inputs_outputs_and_statistics_in_one_pass(name):
 
     model = tiny_model(name)
     adapter = adapter_for(model)
-    batches = capture_block_inputs(model, adapter, _tokens(n=3), "cpu")
+    batches = capture(model, adapter, _tokens(n=3), "cpu").batches(1)
     block = adapter.blocks(model)[1]
     linears, groups, mlp = adapter.linears(block), adapter.linear_groups(block), adapter.mlp
     run = BlockRun(1, block, SparsityPattern.parse(0.5), linears, groups, mlp, batches)

@@ -10,7 +10,7 @@ from pruners import fallbacks
 from pruners.pattern import SparsityPattern
 from pruners.sparsegpt import build as sparsegpt, sparsegpt_prune
 from pruners.sparsellm_math import ridge_cholesky
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.execution.engine import prune_model
 from runners.execution.store import read_manifest
 from tests.conftest import ROOT, data_dir, tiny_model

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from runners.reporting.aggregate import Stat
-from runners.execution.adapters import FAMILIES
+from core.families import FAMILIES
 from runners.reporting.formatting import COLLAPSED, number, vocab_size
 from runners.reporting.report import build_report, summarize
 from tests.paper_store import paper_store
@@ -108,12 +108,12 @@ def test_unavailable_everywhere_dropped_with_one_note(built):
 
 
 def test_vocab_size_sources(tmp_path):
-    """Recorded config first, then conf/shapes, then the tiny defaults (runners/execution/adapters.py)."""
+    """Recorded config first, then conf/shapes, then the tiny defaults (core/families.py)."""
     from runners.execution.models import ModelSpec, _tiny_model
 
     tiny = {"source": "tiny", "family": "opt", "tiny": {"hidden_size": 8, "num_layers": 1, "ffn_dim": 8,
                                                         "heads": 2}}
-    assert vocab_size("tiny-opt", [{"config": {"model": tiny}}]) == (50272, "tiny opt default of runners/execution/adapters.py")
+    assert vocab_size("tiny-opt", [{"config": {"model": tiny}}]) == (50272, "tiny opt default of core/families.py")
     tiny["tiny"]["vocab_size"] = 1000
     assert vocab_size("tiny-opt", [{"config": {"model": tiny}}])[0] == 1000
     assert vocab_size("smollm2-135m", [{"config": {}}]) == (49152, "conf/shapes/smollm2-135m.json")

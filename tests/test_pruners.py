@@ -68,7 +68,7 @@ def test_exact_counts_on_smollm2(fresh_smollm2, label):
     SmolLM2's dequantized weights hold some exact zeros (whole groups in places); those are the
     lowest scores, so each unit ends with max(target, zeros it already had) zeros.
     """
-    from runners.execution.adapters import adapter_for
+    from core.families import adapter_for
 
     model, _ = fresh_smollm2
     adapter, p = adapter_for(model), SparsityPattern.parse(label)

@@ -1,6 +1,6 @@
 """Model families, datasets and metrics are declared once: one new entry is all a new one needs.
 
-Each test adds an entry to the registry (``FAMILIES`` in runners/execution/adapters.py, ``CORPORA``
+Each test adds an entry to the registry (``FAMILIES`` in core/families.py, ``CORPORA``
 in eval/datasets.py) for the test only and runs the real code paths that read it: validation,
 model building, evaluation text, calibration, the run and the report's tables.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from eval import calibration, datasets
 from eval.metrics import METRICS, PPL
-from runners.execution import adapters
+from core import families as adapters
 from runners.execution.job import METRIC_COLUMNS, run_job
 from runners.execution.store import load_metrics
 from runners.reporting.tables import normalize, ppl_grid, zeroshot_grid

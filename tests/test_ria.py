@@ -11,7 +11,7 @@ import torch
 from pruners.pattern import SparsityPattern
 from pruners.ria import build, kept_importance, pattern_ok, permutation, ria_mask, ria_prune, ria_scores
 from pruners.wanda import InputNorms
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.execution.engine import prune_model
 from runners.validate import check_command_line
 from tests.conftest import tiny_model

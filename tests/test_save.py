@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.datasets import eval_tokens
 from eval.perplexity import perplexity
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.cli import CONF
 from runners.execution.identity import run_id
 from runners.execution.job import resolve, run_job

@@ -7,8 +7,9 @@ import torch
 from pruners.pattern import SparsityPattern
 from pruners.sparsegpt import build as sparsegpt
 from pruners.sparsellm import build as sparsellm
-from runners.execution.adapters import adapter_for
-from runners.execution.engine import BlockRun, capture_block_inputs, prune_model, run_block
+from core.families import adapter_for
+from core.walk import capture, walk
+from runners.execution.engine import BlockRun, prune_model
 from tests.conftest import tiny_model
 
 
@@ -56,11 +57,10 @@ def test_sparsellm_objective_decreases(name):
 def _mlp_error(model, adapter, index, tokens, pruner):
     """Relative MLP output error of block ``index`` after ``pruner``, against the dense MLP output."""
     work = copy.deepcopy(model)
-    batches = capture_block_inputs(work, adapter, tokens, "cpu")
-    blocks = adapter.blocks(work)
-    for block in list(blocks)[:index]:
-        batches = [type(b)(o, b.args, b.kwargs) for o, b in zip(run_block(block, batches), batches)]
-    block = blocks[index]
+    inputs = capture(work, adapter, tokens, "cpu")
+    for _ in walk(work, adapter, inputs, "cpu", last=index - 1):
+        pass
+    block, batches = adapter.blocks(work)[index], inputs.batches(index)
     mlp = adapter.mlp
     run = BlockRun(index, block, SparsityPattern.parse(0.7), adapter.linears(block), adapter.linear_groups(block),
                    mlp, batches)

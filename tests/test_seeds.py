@@ -259,7 +259,7 @@ def test_same_calibration_identical_pruned_weights(name):
     from omegaconf import OmegaConf
 
     from pruners.pattern import SparsityPattern
-    from runners.execution.adapters import adapter_for
+    from core.families import adapter_for
     from runners.execution.engine import prune_model
 
     cfg = OmegaConf.load(ROOT / "conf" / "pruner" / f"{name}.yaml")

@@ -17,7 +17,7 @@ from pruners.sparsellm_released import (
     pinv_weight,
     silu_s_gradient_steps,
 )
-from runners.execution.adapters import adapter_for
+from core.families import adapter_for
 from runners.execution.engine import prune_model
 from tests.conftest import tiny_model
 

@@ -1,16 +1,17 @@
 """The layer-by-layer engine (SparseGPT's "sequential" protocol), for any pruner and family.
 
-1. Capture the inputs of decoder block 0 for every calibration batch, with every positional
-   and keyword argument the model passes to it (masks, position ids, rotary embeddings).
-2. For each block in order: move it to the device; if selected, let the pruner gather the
-   statistics it needs (through ``BlockRun.collect``/``capture``) and prune; run the block
-   (now pruned) on the inputs to get the next block's inputs; move it back.
+1. Capture the inputs of decoder block 0 for every calibration batch, and every block's own
+   call arguments (masks, position ids, rotary tables), with ``core.walk.capture``.
+2. Walk the blocks in order (``core.walk.walk``): if selected, let the pruner gather the
+   statistics it needs (through ``BlockRun.collect``/``capture``) and prune; the block (now
+   pruned) is run on the inputs to get the next block's inputs.
 
 Only one block is on the accelerator at a time. A pruner that needs no calibration data
 (magnitude) gets no calibration pass at all, unless per-block diagnostics are asked for.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,107 +23,10 @@ from pruners import fallbacks
 from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec
 from pruners.pattern import SparsityPattern
 
-from runners.execution.adapters import FamilyAdapter
-from runners.execution.progress import progress
+from core.families import FamilyAdapter
+from core.walk import Batch, _Captured, capture, final_hidden, head_logits, run_block, walk
 
 log = logging.getLogger(__name__)
-
-LAYERS_ACCEPTED = "'all', 'first_half', a range 'A-B' (inclusive), or a list of block indices"
-
-
-@dataclass
-class Batch:
-    """Inputs of one block call: hidden states plus the other arguments the model passed."""
-
-    hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
-
-
-class _Captured(Exception):
-    """Raised by the block-0 hook to stop the model forward once the inputs are captured."""
-
-
-def _to(value, device):
-    """Move tensors (also inside tuples/lists/dicts) to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor,
-                         device: str, batch_size: int = 1) -> list[Batch]:
-    """Run the model up to block 0 on ``tokens`` (n x seqlen) and keep block 0's inputs."""
-    block0 = adapter.blocks(model)[0]
-    parts = adapter.pre_block_modules(model) + [block0]
-    batches: list[Batch] = []
-
-    def hook(module, args, kwargs):
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        batches.append(Batch(hidden, tuple(args[1:]), kwargs))
-        raise _Captured
-
-    for part in parts:
-        part.to(device)
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for start in progress(range(0, len(tokens), batch_size), "capture block-0 inputs"):
-            try:
-                model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-        if device != "cpu":
-            for part in parts:
-                part.to("cpu")
-    return batches
-
-
-@torch.no_grad()
-def run_block(block: nn.Module, batches: list[Batch]) -> list[torch.Tensor]:
-    """The block's output hidden states for every batch."""
-    outputs = []
-    for b in batches:
-        out = block(b.hidden, *b.args, **b.kwargs)
-        # transformers 5 returns a tensor; older releases a tuple whose [0] is the hidden state.
-        outputs.append(out[0] if isinstance(out, tuple) else out)
-    return outputs
-
-
-def resolve_layers(spec, n_blocks: int | None = None) -> list[int] | str:
-    """Turn ``prune.layers`` into sorted block indices (or check its syntax when ``n_blocks`` is None)."""
-    bad = ValueError(f"prune.layers={spec!r} is not valid: accepted {LAYERS_ACCEPTED}")
-    if isinstance(spec, str) and spec in ("all", "first_half"):
-        if n_blocks is None:
-            return spec
-        return list(range(n_blocks if spec == "all" else n_blocks // 2))
-    if isinstance(spec, str):
-        parts = spec.split("-")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise bad
-        first, last = int(parts[0]), int(parts[1])
-        if first > last:
-            raise bad
-        indices = list(range(first, last + 1))
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        indices = [spec]
-    else:
-        try:
-            indices = sorted({int(i) for i in spec})
-        except (TypeError, ValueError):
-            raise bad from None
-    if not indices or min(indices) < 0 or (n_blocks is not None and max(indices) >= n_blocks):
-        where = f" (the model has {n_blocks} blocks: 0-{n_blocks - 1})" if n_blocks is not None else ""
-        raise ValueError(f"prune.layers={spec!r} selects no valid block{where}: accepted {LAYERS_ACCEPTED}")
-    return indices
-
 
 @dataclass
 class BlockRun:
@@ -265,42 +169,39 @@ class PruneReport:
 
 
 @torch.no_grad()
-def dense_measures(blocks, adapter: FamilyAdapter, batches: list[Batch], selected: set[int], device: str,
+def dense_measures(model, adapter: FamilyAdapter, inputs, selected: set[int], device: str,
                    allocation) -> dict[int, float]:
     """One pass of the calibration inputs through the dense model: ``allocation.measure`` of every
-    selected block from its Linears' weights and input norms (for OWL: the outlier ratio)."""
+    selected block from its Linears' weights and input norms (for OWL: the outlier ratio).
+    ``inputs`` (``core.walk.BlockInputs``) are left untouched for the pruning walk."""
     from pruners.wanda import InputNorms
 
+    inputs = dataclasses.replace(inputs)  # the walk advances its own copy of the hidden states
     measures = {}
-    for i in progress(range(max(selected) + 1), "dense pass (allocation)"):
-        block = blocks[i].to(device)
-        if i in selected:
-            run = BlockRun(i, block, SparsityPattern(0.0), adapter.linears(block), adapter.linear_groups(block),
-                           adapter.mlp, batches, need_dense=False)
+    for step in walk(model, adapter, inputs, device, last=max(selected), desc="dense pass (allocation)"):
+        if step.index in selected:
+            run = BlockRun(step.index, step.block, SparsityPattern(0.0), adapter.linears(step.block),
+                           adapter.linear_groups(step.block), adapter.mlp, step.batches, need_dense=False)
             stats, handles = run._stat_hooks(InputNorms, list(run.linears), stop_early=False)
             try:
-                outputs = run_block(block, batches)
+                step.outputs = run_block(step.block, step.batches)
             finally:
                 for h in handles:
                     h.remove()
-            measures[i] = allocation.measure({n: l.weight.data for n, l in run.linears.items()},
-                                             {n: stats[n].norms() for n in run.linears})
-        else:
-            outputs = run_block(block, batches)
-        batches = [Batch(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]
-        if device != "cpu":
-            block.to("cpu")
+            measures[step.index] = allocation.measure({n: l.weight.data for n, l in run.linears.items()},
+                                                      {n: stats[n].norms() for n in run.linears})
     return measures
 
 
-def block_patterns(blocks, adapter: FamilyAdapter, pattern: SparsityPattern, selected: set[int], allocation,
-                   batches: list[Batch] | None, device: str):
+def block_patterns(model, adapter: FamilyAdapter, pattern: SparsityPattern, selected: set[int], allocation,
+                   inputs, device: str):
     """``(pattern of every selected block, the allocation's measure of each or None)`` under
     ``allocation`` (None: the same ``pattern`` everywhere)."""
     if allocation is None or not selected:
         return {i: pattern for i in selected}, None
+    blocks = adapter.blocks(model)
     sizes = {i: sum(l.weight.numel() for l in adapter.linears(blocks[i]).values()) for i in selected}
-    measures = dense_measures(blocks, adapter, batches, selected, device, allocation) \
+    measures = dense_measures(model, adapter, inputs, selected, device, allocation) \
         if allocation.needs_calibration else None
     return allocation.block_patterns(pattern, sizes, measures), measures
 
@@ -314,15 +215,14 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
     ``allocation`` (pruners/allocation.py; None: uniform) gives each block its own sparsity; one
     that needs calibration data first runs a dense pass over it. ``refine`` (pruners/refine.py;
     None: none) refines each pruned block's masks after its pruner, before the pruned pass."""
-    blocks = adapter.blocks(model)
     alloc_data = allocation is not None and allocation.needs_calibration
     refine_data = refine is not None and refine.needs_calibration
     need_inputs = pruner.needs_calibration or diagnostics or alloc_data or refine_data
     if need_inputs and calib_tokens is None:
         raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
-    batches = capture_block_inputs(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
+    inputs = capture(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
     selected, report = set(layers), PruneReport()
-    patterns, measures = block_patterns(blocks, adapter, pattern, selected, allocation, batches, device) \
+    patterns, measures = block_patterns(model, adapter, pattern, selected, allocation, inputs, device) \
         if allocation is not None else ({i: pattern for i in selected}, None)
     if allocation is not None:
         for i in sorted(selected):
@@ -330,65 +230,56 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
             if measures:
                 report.blocks.append({"block": i, "metric": "outlier_ratio", "step": None, "value": measures[i]})
     if not (pruner.needs_calibration or diagnostics or refine_data):
-        batches = None  # only the allocation's dense pass needed them
-    last = max(selected, default=-1)
-    for i in progress(range(last + 1), "prune blocks"):
-        block = blocks[i].to(device)
-        if i not in selected:
-            outputs = run_block(block, batches) if batches is not None else None
-        else:
-            start = time.perf_counter()
-            run = BlockRun(i, block, patterns[i], adapter.linears(block), adapter.linear_groups(block),
-                           adapter.mlp, batches or [], need_dense=diagnostics)
-            if diagnostics and not pruner.needs_calibration:
-                run._run()
-            state = refine.prepare(run) if refine is not None else None
-            with fallbacks.collecting() as events:
-                pruner.prune_block(run)
-            if refine is not None:
-                refine.apply(run, state)
-                del state
-            for kind, count in fallbacks.counts(events).items():
-                report.blocks.append({"block": i, "metric": f"fallback:{kind}", "step": None, "value": count})
-                report.fallbacks[kind] = report.fallbacks.get(kind, 0) + count
-            outputs = run_block(block, batches) if batches is not None else None
-            seconds = time.perf_counter() - start
-            report.blocks.append({"block": i, "metric": "seconds", "step": None, "value": seconds})
-            if diagnostics and run.dense_outputs is not None:
-                err = _relative_error(outputs, run.dense_outputs)
-                report.blocks.append({"block": i, "metric": "rel_output_error", "step": None, "value": err})
-                # ``batches`` still holds this block's inputs (they are replaced by its outputs below)
-                update = _relative_error(outputs, run.dense_outputs, [b.hidden for b in batches])
-                report.blocks.append({"block": i, "metric": "rel_update_error", "step": None, "value": update})
-                log.info("block %d pruned in %.1fs, relative output error %.4g", i, seconds, err)
-            report.blocks.extend({"block": i, "metric": m, "step": s, "value": v} for m, s, v in run.diagnostics)
-            for name, linear in run.linears.items():
-                zeros = int((linear.weight == 0).sum())
-                report.layers.append({
-                    "block": i, "name": f"{adapter.blocks_path}.{i}.{name}",
-                    "shape": "x".join(map(str, linear.weight.shape)), "zeros": zeros,
-                    "numel": linear.weight.numel(), "sparsity": zeros / linear.weight.numel(),
-                    "seconds": run.linear_seconds.get(name, 0.0)})
-            if allocation is not None:  # measured block sparsity beside its target (the report's allocation table)
-                mine = [r for r in report.layers if r["block"] == i]
-                report.blocks.append({"block": i, "metric": "sparsity", "step": None,
-                                      "value": sum(r["zeros"] for r in mine) / sum(r["numel"] for r in mine)})
-            del run
-        if outputs is not None:
-            batches = [Batch(o, b.args, b.kwargs) for o, b in zip(outputs, batches)]
-        if device != "cpu":
-            block.to("cpu")
+        inputs = None  # only the allocation's dense pass needed them
+    for step in walk(model, adapter, inputs, device, last=max(selected, default=-1), desc="prune blocks"):
+        if step.index in selected:
+            _prune_one(step, adapter, pruner, patterns[step.index], diagnostics, refine, report, allocation is not None)
     return report
+
+
+def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: SparsityPattern, diagnostics: bool,
+               refine, report: PruneReport, allocated: bool) -> None:
+    """Prune one block of the walk (``step``), set its pruned outputs, and add its rows to ``report``."""
+    i, block, batches = step.index, step.block, step.batches
+    start = time.perf_counter()
+    run = BlockRun(i, block, pattern, adapter.linears(block), adapter.linear_groups(block),
+                   adapter.mlp, batches or [], need_dense=diagnostics)
+    if diagnostics and not pruner.needs_calibration:
+        run._run()
+    state = refine.prepare(run) if refine is not None else None
+    with fallbacks.collecting() as events:
+        pruner.prune_block(run)
+    if refine is not None:
+        refine.apply(run, state)
+        del state
+    for kind, count in fallbacks.counts(events).items():
+        report.blocks.append({"block": i, "metric": f"fallback:{kind}", "step": None, "value": count})
+        report.fallbacks[kind] = report.fallbacks.get(kind, 0) + count
+    outputs = step.outputs = run_block(block, batches) if batches is not None else None
+    seconds = time.perf_counter() - start
+    report.blocks.append({"block": i, "metric": "seconds", "step": None, "value": seconds})
+    if diagnostics and run.dense_outputs is not None:
+        err = _relative_error(outputs, run.dense_outputs)
+        report.blocks.append({"block": i, "metric": "rel_output_error", "step": None, "value": err})
+        update = _relative_error(outputs, run.dense_outputs, [b.hidden for b in batches])
+        report.blocks.append({"block": i, "metric": "rel_update_error", "step": None, "value": update})
+        log.info("block %d pruned in %.1fs, relative output error %.4g", i, seconds, err)
+    report.blocks.extend({"block": i, "metric": m, "step": s, "value": v} for m, s, v in run.diagnostics)
+    mine = []
+    for name, linear in run.linears.items():
+        zeros = int((linear.weight == 0).sum())
+        mine.append({"block": i, "name": f"{adapter.blocks_path}.{i}.{name}",
+                     "shape": "x".join(map(str, linear.weight.shape)), "zeros": zeros,
+                     "numel": linear.weight.numel(), "sparsity": zeros / linear.weight.numel(),
+                     "seconds": run.linear_seconds.get(name, 0.0)})
+    report.layers.extend(mine)
+    if allocated:  # measured block sparsity beside its target (the report's allocation table)
+        report.blocks.append({"block": i, "metric": "sparsity", "step": None,
+                              "value": sum(r["zeros"] for r in mine) / sum(r["numel"] for r in mine)})
 
 
 @torch.no_grad()
 def forward_logits(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor, device: str) -> torch.Tensor:
-    """Logits computed block by block through the engine's own path (used to test the engine)."""
-    batches = capture_block_inputs(model, adapter, tokens, device, batch_size=len(tokens))
-    for block in adapter.blocks(model):
-        block.to(device)
-        batches = [Batch(o, b.args, b.kwargs) for o, b in zip(run_block(block, batches), batches)]
-    hidden = batches[0].hidden
-    for module in adapter.head(model):
-        hidden = module.to(device)(hidden)
-    return hidden
+    """Logits computed block by block through the engine's own walk (used to test the walk)."""
+    inputs = final_hidden(model, adapter, tokens, device, batch_size=len(tokens))
+    return head_logits(model, adapter, inputs.hidden[0], device)

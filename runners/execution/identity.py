@@ -24,7 +24,7 @@ from eval.calibration import calibration_source
 from eval.datasets import check_dataset_names, eval_source
 from pruners.pattern import SparsityPattern
 
-from runners.execution.engine import resolve_layers
+from core.layers import resolve_layers
 from runners.execution.models import ModelSpec, folder_fingerprint, resolve_dtype
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}

@@ -25,8 +25,9 @@ from eval.metrics import PPL, WHOLE_RUN
 from eval.perplexity import perplexity
 
 from runners.execution import claims, provenance, store
-from runners.execution.adapters import adapter_for
-from runners.execution.engine import prune_model, resolve_layers
+from core.families import adapter_for
+from core.layers import resolve_layers
+from runners.execution.engine import prune_model
 from runners.execution.identity import Run, data_source_label, prepare, run_id
 from runners.execution.models import load_model, load_tokenizer
 from runners.execution.save import is_saved, model_folder, save_model, wants_model

