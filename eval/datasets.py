@@ -2,7 +2,7 @@
 
 Every dataset is declared once, as a :class:`Corpus` in ``CORPORA`` below: where its test and
 train splits lie (a file of ``data.local_dir``, a folder laid out like ``../shared/data``, and the
-hub location), how its rows are read and joined into the protocol's text (methods.md,
+hub location), how its rows are read and joined into the protocol's text (docs/methods.md,
 "Perplexity"), and the metric it is scored with. Adding a dataset is one entry here; evaluation
 (``eval.datasets``), calibration (``calib.dataset``), validation and the run id read it. Both
 sources give the same rows, hence the same text:

@@ -209,7 +209,7 @@ def test_comparison_pairs_matching_keys_only(results, tmp_path):
 
 
 def test_committed_reference_has_published_numbers():
-    """results/reference/published.csv holds the methods.md reference points with their sources."""
+    """results/reference/published.csv holds the reference points of docs/methods.md with their sources."""
     ref = load_published(REFERENCE)
     key = ref.set_index(["model", "pruner", "sparsity", "layers", "dataset"])["value"]
     assert key[("opt-30b", "sparsellm", "3:4", "first_half", "wikitext2")] == 51.28
