@@ -1,19 +1,19 @@
-"""Model families, declared once: where a causal LM keeps its decoder blocks, what is inside
-them, and how a tiny random model of the family is built for tests.
+"""Model families: where a causal LM keeps its decoder blocks, what is inside them, and how
+a tiny random model of a declared family is built for tests.
 
-The engine, the pruners, model loading (tiny models and their tokenizers), validation (the
-config.json fields of a block) and the report (a tiny model's vocabulary) read a family only
-from ``FAMILIES`` here, so adding a family is one entry in this module and no pruner hard-codes
-``fc1`` or ``down_proj``. Two families cover the models the literature prunes:
+Two families are declared, because a method needs to know more than structure shows
+(SparseLLM's MLP layout) and because the tests build tiny random models of them:
 
-* ``opt``: OPT (``model.model.decoder.layers``; MLP ``fc1 -> ReLU -> fc2`` with biases);
-* ``llama``: LLaMA-2/3, TinyLlama, SmolLM2, Mistral, Qwen2-style blocks
-  (``model.model.layers``; MLP ``down(silu(gate(x)) * up(x))``; rotary position embeddings
-  passed to every block as ``position_embeddings`` in current transformers).
+* ``opt``: OPT (``model.decoder.layers``; MLP ``fc1 -> ReLU -> fc2`` with biases);
+* ``llama``: LLaMA-2/3, SmolLM2, Mistral, Qwen2/3 (``model.layers``; MLP
+  ``down(silu(gate(x)) * up(x))``).
 
-Blocks are called with the exact positional and keyword arguments the model passed to
-block 0, captured by a hook, so position ids, masks and rotary embeddings are never rebuilt
-by hand (rebuilding them is what breaks other tools on transformers upgrades).
+Every other decoder-only causal LM of transformers is taken apart by structure
+(``core/structure.py``): its block list, each block's Linears and which of them read the same
+input (watched in one short forward), fused projections split into their parts. The walk
+(``core/walk.py``) calls each block with the arguments the model itself passes it, and turns
+final hidden states into logits with the model's own head, so nothing here lists norms, rotary
+tables or soft-caps.
 """
 from __future__ import annotations
 
@@ -57,13 +57,13 @@ class FamilyAdapter:
     family: str
     model_types: tuple[str, ...]
     blocks_path: str
-    pre_block_paths: tuple[str, ...]
-    head_paths: tuple[str, ...]
     groups: tuple[tuple[str, tuple[str, ...]], ...]
-    mlp: MlpSpec
-    ffn_key: str                                  # config.json field of the MLP width
-    tiny_config: Callable[[dict], PretrainedConfig]  # model.tiny settings -> a tiny random model's config
-    tiny_tokenizer: str                           # "smollm2" (the embedded one) or "gpt2"
+    mlp: MlpSpec | None                           # None: no declared MLP layout (SparseLLM refuses)
+    ffn_key: str | None = None                    # config.json field of the MLP width
+    tiny_config: Callable[[dict], PretrainedConfig] | None = None  # model.tiny settings -> a tiny model's config
+    tiny_tokenizer: str | None = None             # "smollm2" (the embedded one) or "gpt2"
+    # Fused Linears split into the matrices they stand for: name -> ((part, rows), ...), in row order.
+    parts: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     @property
     def tiny_vocab(self) -> int:
@@ -74,21 +74,26 @@ class FamilyAdapter:
         """The decoder blocks, in order."""
         return model.get_submodule(self.blocks_path)
 
-    def pre_block_modules(self, model: nn.Module) -> list[nn.Module]:
-        """Modules that run before block 0 (embeddings, rotary tables): needed on the
-        accelerator while block-0 inputs are captured."""
-        return [m for p in self.pre_block_paths if (m := _optional(model, p)) is not None]
+    def outside_blocks(self, model: nn.Module) -> list[nn.Module]:
+        """Every module of the model that is not inside the block list (embeddings, rotary
+        tables, final norm, head): what must sit on the accelerator while the model's own
+        forward captures block inputs or applies its head."""
+        outside, node = [], model
+        for name in self.blocks_path.split("."):
+            outside += [child for child_name, child in node.named_children() if child_name != name]
+            node = getattr(node, name)
+        return outside
 
-    def head(self, model: nn.Module) -> list[nn.Module]:
-        """Modules applied after the last block, in order, to turn hidden states into logits."""
-        return [m for p in self.head_paths if (m := _optional(model, p)) is not None]
-
-    @staticmethod
-    def finish_logits(model: nn.Module, logits):
-        """The model's own logit post-processing after ``lm_head``: the soft-cap
-        ``cap * tanh(logits / cap)`` where the config sets ``final_logit_softcapping`` (Gemma-2)."""
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        return logits if not cap else cap * (logits / cap).tanh()
+    def row_parts(self, name: str) -> list[tuple[str, slice]] | None:
+        """The row slices of a fused Linear (``qkv_proj``: q, k, v), or None for a plain one."""
+        for fused, layout in self.parts:
+            if fused == name:
+                at, out = 0, []
+                for part, rows in layout:
+                    out.append((part, slice(at, at + rows)))
+                    at += rows
+                return out
+        return None
 
     def linear_groups(self, block: nn.Module) -> list[LinearGroup]:
         """Groups of prunable Linears that read the same input, in forward order."""
@@ -130,8 +135,6 @@ OPT = FamilyAdapter(
     family="opt",
     model_types=("opt",),
     blocks_path="model.decoder.layers",
-    pre_block_paths=("model.decoder.embed_tokens", "model.decoder.embed_positions", "model.decoder.project_in"),
-    head_paths=("model.decoder.final_layer_norm", "model.decoder.project_out", "lm_head"),
     groups=(
         ("attn_in", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
         ("attn_out", ("self_attn.out_proj",)),
@@ -148,8 +151,6 @@ LLAMA = FamilyAdapter(
     family="llama",
     model_types=("llama", "mistral", "qwen2", "qwen3"),
     blocks_path="model.layers",
-    pre_block_paths=("model.embed_tokens", "model.rotary_emb"),
-    head_paths=("model.norm", "lm_head"),
     groups=(
         ("attn_in", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
         ("attn_out", ("self_attn.o_proj",)),
@@ -174,10 +175,16 @@ def family_named(name: str | None, setting: str = "model.family") -> FamilyAdapt
 
 
 def adapter_for(model: nn.Module) -> FamilyAdapter:
-    """The adapter for a loaded Hugging Face causal LM, chosen by ``config.model_type``."""
+    """The adapter for a loaded Hugging Face causal LM: the declared family of its
+    ``config.model_type``, else one found from its structure (kept on the model, found once)."""
     model_type = getattr(model.config, "model_type", None)
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    accepted = sorted(t for a in ADAPTERS for t in a.model_types)
-    raise ValueError(f"model_type={model_type!r} is not supported: accepted model types are {accepted}")
+    found = getattr(model, "_llm_prune_family", None)
+    if found is None:
+        from .structure import discover
+
+        found = FamilyAdapter(**discover(model))
+        model._llm_prune_family = found
+    return found

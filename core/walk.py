@@ -17,6 +17,7 @@ itself would call it" lives here only:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -70,19 +71,38 @@ class BlockInputs:
         self.hidden = [o.cpu() if self.offload else o for o in outputs]
 
 
+@contextmanager
+def _blocks_replaced(model: nn.Module, family: FamilyAdapter, forward, device: str):
+    """Within the block: every block's ``forward`` is ``forward(index)`` (an instance attribute
+    shadows the class's) and the modules outside the blocks sit on ``device``."""
+    blocks = family.blocks(model)
+    outside = family.outside_blocks(model)
+    for part in outside:
+        part.to(device)
+    for i, block in enumerate(blocks):
+        block.forward = forward(i)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+        if device != "cpu":
+            for part in outside:
+                part.to("cpu")
+
+
 @torch.no_grad()
 def capture(model: nn.Module, family: FamilyAdapter, tokens: torch.Tensor, device: str,
             batch_size: int = 1, offload: bool = False) -> BlockInputs:
     """Run ``tokens`` (n x seqlen) through the model's embedding and its block loop with
     recording blocks; return block 0's hidden states and every block's call arguments.
 
-    Only the modules before the blocks run (on ``device``); the blocks' weights are not touched.
+    Only the modules outside the blocks run (on ``device``); no block is computed.
     With ``offload`` the hidden states are kept in CPU memory between blocks.
     """
-    blocks = family.blocks(model)
-    parts = family.pre_block_modules(model)
+    n_blocks = len(family.blocks(model))
     hidden: list[torch.Tensor] = []
-    calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+    calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(n_blocks)]
 
     def recorder(index: int):
         def forward(*args, **kwargs):
@@ -91,27 +111,17 @@ def capture(model: nn.Module, family: FamilyAdapter, tokens: torch.Tensor, devic
             if index == 0:
                 hidden.append(state.cpu() if offload else state)
             calls[index].append((tuple(args[1:]), kwargs))
-            if index == len(blocks) - 1:
+            if index == n_blocks - 1:
                 raise _Captured
             return state
         return forward
 
-    for part in parts:
-        part.to(device)
-    for i, block in enumerate(blocks):
-        block.forward = recorder(i)  # an instance attribute shadows the class's forward
-    try:
+    with _blocks_replaced(model, family, recorder, device):
         for start in progress(range(0, len(tokens), batch_size), "capture block inputs"):
             try:
                 model(input_ids=tokens[start : start + batch_size].to(device), use_cache=False)
             except _Captured:
                 pass
-    finally:
-        for block in blocks:
-            del block.forward
-        if device != "cpu":
-            for part in parts:
-                part.to("cpu")
     return BlockInputs(hidden, calls, offload, device)
 
 
@@ -170,9 +180,17 @@ def final_hidden(model: nn.Module, family: FamilyAdapter, tokens: torch.Tensor, 
 
 
 @torch.no_grad()
-def head_logits(model: nn.Module, family: FamilyAdapter, hidden: torch.Tensor, device: str) -> torch.Tensor:
-    """The model's own head on final hidden states: final norm, projections, lm_head, and the
-    family's logit post-processing (Gemma-2's soft-cap)."""
-    for module in family.head(model):
-        hidden = module.to(device)(hidden)
-    return family.finish_logits(model, hidden)
+def head_logits(model: nn.Module, family: FamilyAdapter, hidden: torch.Tensor, tokens: torch.Tensor,
+                device: str) -> torch.Tensor:
+    """Logits of ``tokens`` from the final hidden states ``hidden`` of their blocks, computed by
+    the model's own forward with every block replaced (the last returns ``hidden``): the model's
+    final norm, projections, ``lm_head`` and logit soft-cap apply exactly as in a whole forward."""
+    last = len(family.blocks(model)) - 1
+
+    def replaced(index: int):
+        def forward(*args, **kwargs):
+            return hidden if index == last else (args[0] if args else kwargs["hidden_states"])
+        return forward
+
+    with _blocks_replaced(model, family, replaced, device):
+        return model(input_ids=tokens.to(device), use_cache=False).logits

@@ -1,8 +1,9 @@
 """Perplexity computed block by block, for models larger than the device.
 
 The weights stay in CPU memory; the windows' hidden states are carried across the decoder
-blocks, one block on the device at a time (``core.walk``, the walk pruning uses), then the
-final norm and lm_head turn them into logits and the same loss as ``eval.perplexity``.
+blocks, one block on the device at a time (``core.walk``, the walk pruning uses); then the
+model's own head (final norm, lm_head, any soft-cap) turns them into logits and the same loss
+as ``eval.perplexity``.
 The number equals the whole-model forward up to float rounding (tested to 1e-5 relative).
 """
 from __future__ import annotations
@@ -67,12 +68,10 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
     """
     family = adapter_for(model)
     states = final_hidden(model, family, batches, device, batch_size, offload=True)
-    losses = [token_losses(head_logits(model, family, hidden.to(device), device),
-                           batches[start : start + batch_size].to(device))
-              for start, hidden in zip(range(0, len(batches), batch_size), states.hidden)]
-    if device != "cpu":
-        for module in family.head(model):
-            module.to("cpu")
+    losses = []
+    for start, hidden in zip(range(0, len(batches), batch_size), states.hidden):
+        x = batches[start : start + batch_size]
+        losses.append(token_losses(head_logits(model, family, hidden.to(device), x, device), x.to(device)))
     return torch.cat(losses)
 
 

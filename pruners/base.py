@@ -67,6 +67,12 @@ class BlockContext(Protocol):
         ``inputs``, the outputs of those in ``outputs``, and (with ``make_stat``) one statistic
         per input group of ``stat_names``, shared as in ``collect``."""
 
+    def rows(self, name: str) -> list[slice]:
+        """The row slices of Linear ``name`` that are separate matrices: one slice covering all
+        rows for a plain Linear; q, k, v (gate, up) for a fused one (Phi-3's ``qkv_proj``).
+        Selections that compare weights across rows (per matrix, per 128-column block,
+        column sums) run on each slice alone, so fusion does not change the result."""
+
     def record(self, metric: str, value: float, step: int | None = None) -> None:
         """Attach a per-block diagnostic (e.g. ``objective`` at ``step`` 1) to the results."""
 
@@ -122,6 +128,7 @@ class PerLinearPruner:
                 linear = block.linears[name]
                 block.pattern.check_columns(linear.in_features, name)
                 start = time.perf_counter()
-                pruned = self.prune_fn(linear.weight.data, stats.get(name), block.pattern)
-                linear.weight.data.copy_(pruned.to(linear.weight.dtype))
+                for rows in block.rows(name):
+                    pruned = self.prune_fn(linear.weight.data[rows], stats.get(name), block.pattern)
+                    linear.weight.data[rows] = pruned.to(linear.weight.dtype)
                 block.record_linear(name, time.perf_counter() - start)

@@ -167,15 +167,17 @@ class RiaPruner(PerLinearPruner):
                 block.pattern.check_columns(linear.in_features, name)
                 start = time.perf_counter()
                 norms = stats[name].norms()
-                mask, order = ria_mask(linear.weight.data, norms, block.pattern, self.a, self.permute)
-                if order is not None:
-                    scores = ria_scores(linear.weight.data, norms, self.a)
-                    kept += float(scores.masked_fill(mask, 0).sum())
-                    stored += kept_importance(scores, block.pattern.n_zero, block.pattern.m)
-                linear.weight.data.masked_fill_(mask, 0)
-                if order is not None:
-                    self.permutations[(block.index, name)] = order.cpu()
-                    ok = ok and pattern_ok(linear.weight.data, block.pattern, order)
+                for part, rows in enumerate(block.rows(name)):
+                    weight = linear.weight.data[rows]
+                    mask, order = ria_mask(weight, norms, block.pattern, self.a, self.permute)
+                    if order is not None:
+                        scores = ria_scores(weight, norms, self.a)
+                        kept += float(scores.masked_fill(mask, 0).sum())
+                        stored += kept_importance(scores, block.pattern.n_zero, block.pattern.m)
+                    linear.weight.data[rows] = weight.masked_fill(mask, 0)
+                    if order is not None:
+                        self.permutations[(block.index, name if part == 0 else f"{name}#{part}")] = order.cpu()
+                        ok = ok and pattern_ok(linear.weight.data[rows], block.pattern, order)
                 block.record_linear(name, time.perf_counter() - start)
         if stored > 0:
             block.record("permuted_nm_ok", float(ok))

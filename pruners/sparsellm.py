@@ -90,7 +90,10 @@ class SparseLLMSettings:
     def hyperparameters(self, kind: str) -> dict[str, float]:
         """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
         if kind not in self.family_defaults:
-            raise ValueError(f"{self.name}: unknown MLP kind {kind!r}; known: {sorted(self.family_defaults)}")
+            raise ValueError(f"pruner {self.name} optimizes a declared MLP layout, and this model has "
+                             f"{'none (its family is found by structure, core/structure.py)' if kind is None else kind!r}: "
+                             f"accepted the MLPs of the declared families (opt: relu, llama: gated_silu, "
+                             f"core/families.py); prune this model with another pruner")
         defaults = self.family_defaults[kind]
         given = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
         return {k: float(defaults[k] if v is None else v) for k, v in given.items()}
@@ -121,7 +124,7 @@ class SparseLLMPruner(SparseLLMSettings):
             pattern.check_columns(linear.in_features, lin_name)
         if not pattern.is_nm and pattern.ratio == 0:
             return
-        hyper = self.hyperparameters(spec.kind)
+        hyper = self.hyperparameters(spec.kind if spec is not None else None)
         mlp_names = [spec.up, spec.down] + ([spec.gate] if spec.gate else [])
         # One pass over the dense block gives everything, as in the published code: the MLP's
         # X and Y, the dense up/gate outputs and down input (they initialize z, s, p), and the

@@ -250,7 +250,7 @@ class SparseLLMReleasedPruner(SparseLLMSettings):
             pattern.check_columns(linear.in_features, lin_name)
         if not pattern.is_nm and pattern.ratio == 0:
             return
-        hyper = self.hyperparameters(spec.kind)
+        hyper = self.hyperparameters(spec.kind if spec is not None else None)
         roles = {"up": spec.up, "down": spec.down, **({"gate": spec.gate} if spec.gate else {})}
         mlp_names = list(roles.values())
         attn = attention_names(block, mlp_names)

@@ -43,6 +43,11 @@ class BlockRun:
     dense_outputs: list[torch.Tensor] | None = None
     diagnostics: list[tuple[str, int | None, float]] = field(default_factory=list)
     linear_seconds: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, list[slice]] = field(default_factory=dict)
+
+    def rows(self, name: str) -> list[slice]:
+        """The row slices of ``name`` that are separate matrices (see ``BlockContext.rows``)."""
+        return self.parts.get(name) or [slice(None)]
 
     def _run(self, stop_early: bool = False) -> None:
         """Run the block on every batch; keep the outputs of the first (dense) run when wanted.
@@ -242,8 +247,10 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
     """Prune one block of the walk (``step``), set its pruned outputs, and add its rows to ``report``."""
     i, block, batches = step.index, step.block, step.batches
     start = time.perf_counter()
-    run = BlockRun(i, block, pattern, adapter.linears(block), adapter.linear_groups(block),
-                   adapter.mlp, batches or [], need_dense=diagnostics)
+    linears = adapter.linears(block)
+    run = BlockRun(i, block, pattern, linears, adapter.linear_groups(block), adapter.mlp, batches or [],
+                   need_dense=diagnostics,
+                   parts={n: [s for _p, s in adapter.row_parts(n)] for n in linears if adapter.row_parts(n)})
     if diagnostics and not pruner.needs_calibration:
         run._run()
     state = refine.prepare(run) if refine is not None else None
@@ -282,4 +289,4 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
 def forward_logits(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor, device: str) -> torch.Tensor:
     """Logits computed block by block through the engine's own walk (used to test the walk)."""
     inputs = final_hidden(model, adapter, tokens, device, batch_size=len(tokens))
-    return head_logits(model, adapter, inputs.hidden[0], device)
+    return head_logits(model, adapter, inputs.hidden[0], tokens, device)

@@ -1,0 +1,206 @@
+"""Current model families on tiny seeded random models built from transformers' own config
+classes: Llama-3 (llama3 rope scaling), Qwen3, Mistral (sliding window shorter than the
+window), Gemma-3 (mixed ``layer_types``, sliding window shorter than the window) and Phi-3
+(fused ``qkv_proj`` and ``gate_up_proj``). Block-by-block perplexity equals the whole model's
+and transformers' own loss; every block is called with its own arguments; every pruner gives
+exact zero counts; a fused model prunes as its unfused copy."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config,
+                          Qwen3Config)
+
+from core.families import adapter_for
+from core.structure import refusal
+from core.walk import BlockInputs, capture, final_hidden, head_logits
+from eval.blockwise import blockwise_window_losses
+from eval.perplexity import token_losses, window_losses
+from pruners.pattern import SparsityPattern
+from runners.cli import CONF
+from runners.execution.engine import prune_model
+
+VOCAB, SEQLEN, WINDOW = 128, 32, 8  # evaluation windows of 32 tokens, sliding windows of 8
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def family_config(name: str):
+    """A tiny config of family ``name`` from transformers' own config class."""
+    if name == "llama3":
+        return LlamaConfig(**COMMON, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    if name == "qwen3":
+        return Qwen3Config(**COMMON, head_dim=16)
+    if name == "mistral":
+        return MistralConfig(**COMMON, sliding_window=WINDOW)
+    if name == "gemma3":
+        return Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=WINDOW,
+                                layer_types=["sliding_attention", "full_attention"] * 2)
+    if name == "phi3":
+        return Phi3Config(**COMMON)
+    raise KeyError(name)
+
+
+FAMILIES = ["llama3", "qwen3", "mistral", "gemma3", "phi3"]
+
+
+def build(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(family_config(name)).eval()
+
+
+def tokens(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (n, SEQLEN), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_blockwise_equals_whole_model_and_transformers_loss(name):
+    """Windows longer than the sliding window: block by block = whole model = transformers' loss (1e-5)."""
+    model, x = build(name), tokens()
+    whole = window_losses(model, x, "cpu", batch_size=2)
+    blockwise = blockwise_window_losses(model, x, "cpu", batch_size=2)
+    with torch.no_grad():
+        own = torch.stack([model(input_ids=x[i : i + 1], labels=x[i : i + 1]).loss for i in range(len(x))])
+    torch.testing.assert_close(blockwise, whole, rtol=1e-5, atol=0)
+    torch.testing.assert_close(whole, own.float(), rtol=1e-5, atol=0)
+
+
+def test_gemma3_full_attention_blocks_get_a_full_mask_and_their_own_rotary_tables():
+    """Block 1 (full attention) may attend from the last token to the first; block 0 (sliding)
+    may not; their rotary tables differ (global base 1e6, local 1e4). Giving every block block 0's
+    arguments, as the walk did before, changes the loss: the test can tell."""
+    model, x = build("gemma3"), tokens(1)
+    family = adapter_for(model)
+    inputs = capture(model, family, x, "cpu")
+    (_, sliding), (_, full) = inputs.calls[0][0], inputs.calls[1][0]
+
+    def can_see_first(mask):  # None: plain causal attention (sdpa's is_causal)
+        return True if mask is None else bool(mask[0, 0, -1, 0])
+
+    assert not can_see_first(sliding["attention_mask"]) and bool(sliding["attention_mask"][0, 0, -1, -WINDOW])
+    assert can_see_first(full["attention_mask"])
+    assert not torch.equal(sliding["position_embeddings"][0], full["position_embeddings"][0])
+    assert inputs.calls[2][0][1]["attention_mask"] is sliding["attention_mask"]  # same object, stored once
+
+    right = final_hidden(model, family, x, "cpu")
+    wrong = BlockInputs(list(inputs.hidden), [inputs.calls[0]] * len(inputs.calls))
+    for i, block in enumerate(family.blocks(model)):
+        wrong.advance([block(b.hidden, *b.args, **b.kwargs) for b in wrong.batches(i)])
+    good = token_losses(head_logits(model, family, right.hidden[0], x, "cpu"), x)
+    bad = token_losses(head_logits(model, family, wrong.hidden[0], x, "cpu"), x)
+    assert not torch.allclose(good, bad, rtol=1e-4, atol=0)
+
+
+def test_structure_found_without_declaration():
+    """Gemma-3 and Phi-3 are not declared: their blocks, groups and fused parts come from the model."""
+    gemma, phi = adapter_for(build("gemma3")), adapter_for(build("phi3"))
+    assert gemma.blocks_path == "model.layers" and gemma.mlp is None
+    assert [r for r, _ in gemma.groups] == ["attn_in", "attn_out", "mlp_in", "mlp_out"]
+    assert dict(gemma.groups)["attn_in"] == ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    assert dict(phi.groups) == {"attn_in": ("self_attn.qkv_proj",), "attn_out": ("self_attn.o_proj",),
+                                "mlp_in": ("mlp.gate_up_proj",), "mlp_out": ("mlp.down_proj",)}
+    assert [(p, s.start, s.stop) for p, s in phi.row_parts("self_attn.qkv_proj")] == [("q", 0, 64), ("k", 64, 96),
+                                                                                       ("v", 96, 128)]
+    assert [(p, s.start, s.stop) for p, s in phi.row_parts("mlp.gate_up_proj")] == [("gate", 0, 128),
+                                                                                     ("up", 128, 256)]
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"model_type": "qwen3_moe", "num_hidden_layers": 2, "num_experts": 8}, "mixture of experts"),
+    ({"model_type": "mixtral", "num_hidden_layers": 2, "num_local_experts": 8}, "mixture of experts"),
+    ({"model_type": "t5", "is_encoder_decoder": True, "num_layers": 2}, "encoder-decoder"),
+    ({"model_type": "odd"}, "num_hidden_layers"),
+])
+def test_unsupported_structures_are_refused_by_config(config, expected):
+    """One line naming the model_type and what is missing, from config.json alone."""
+    problem = refusal(config)
+    assert problem is not None and expected in problem and config["model_type"] in problem and "\n" not in problem
+
+
+def _pruner(name: str):
+    overrides = [f"pruner={name.partition('+')[0]}"] + (["refine=dsnot"] if name.endswith("+dsnot") else [])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return instantiate(cfg.pruner), (instantiate(cfg.refine) if name.endswith("+dsnot") else None)
+
+
+PRUNERS = ["magnitude", "wanda", "sparsegpt", "ria", "alps", "wanda+dsnot"]
+
+
+def _zeros_exact(model, pattern: SparsityPattern):
+    """Every prunable matrix (each part of a fused one) holds exactly its share of zeros; N:M in every group."""
+    family = adapter_for(model)
+    for block in family.blocks(model):
+        for name, linear in family.linears(block).items():
+            for part, rows in family.row_parts(name) or [(name, slice(None))]:
+                w = linear.weight.data[rows]
+                assert int((w == 0).sum()) == w.numel() // 2, (name, part)
+                if pattern.is_nm:
+                    groups = (w.reshape(w.shape[0], -1, pattern.m) == 0).sum(-1)
+                    assert bool((groups == pattern.n_zero).all()), (name, part)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("sparsity", ["0.5", "2:4"])
+def test_every_pruner_gives_exact_zero_counts(name, sparsity):
+    """magnitude, Wanda, SparseGPT, RIA, ALPS and Wanda+DSnoT on every family: exactly half of every
+    matrix (of every part of a fused one) is zero, 2 zeros in every group of 4 for 2:4."""
+    pattern, x = SparsityPattern.parse(sparsity), tokens(4)
+    for pruner_name in PRUNERS:
+        model = build(name)
+        pruner, refine = _pruner(pruner_name)
+        family = adapter_for(model)
+        prune_model(model, family, pruner, pattern, x, list(range(4)), "cpu", batch_size=2,
+                    diagnostics=False, refine=refine)
+        _zeros_exact(model, pattern)
+        assert torch.isfinite(window_losses(model, x, "cpu", 2)).all(), pruner_name
+
+
+@pytest.mark.parametrize("pruner_name", ["sparsellm", "sparsellm_released"])
+def test_sparsellm_refuses_a_family_without_a_declared_mlp(pruner_name):
+    """SparseLLM optimizes a declared MLP layout; on Gemma-3 (GELU-tanh, found by structure) it says so."""
+    model = build("gemma3")
+    pruner, _ = _pruner(pruner_name)
+    with pytest.raises(ValueError, match="declared MLP layout.*accepted"):
+        prune_model(model, adapter_for(model), pruner, SparsityPattern.parse(0.5), tokens(2), [0], "cpu",
+                    diagnostics=False)
+
+
+def _unfused_copy(phi):
+    """A LLaMA model holding Phi-3's weights with qkv_proj and gate_up_proj split into their parts."""
+    config = phi.config
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(**COMMON, rms_norm_eps=config.rms_norm_eps)).eval()
+    state = {}
+    for key, value in phi.state_dict().items():
+        if "qkv_proj" in key:
+            q, k, v = value.split([64, 32, 32])
+            state.update({key.replace("qkv_proj", "q_proj"): q, key.replace("qkv_proj", "k_proj"): k,
+                          key.replace("qkv_proj", "v_proj"): v})
+        elif "gate_up_proj" in key:
+            gate, up = value.chunk(2)
+            state.update({key.replace("gate_up_proj", "gate_proj"): gate, key.replace("gate_up_proj", "up_proj"): up})
+        else:
+            state[key] = value
+    llama.load_state_dict(state)
+    assert config.hidden_act == llama.config.hidden_act
+    return llama
+
+
+@pytest.mark.parametrize("pruner_name", ["magnitude", "wanda", "sparsegpt", "ria"])
+@pytest.mark.parametrize("sparsity", ["0.5", "2:4"])
+def test_fused_phi3_prunes_as_its_unfused_copy(pruner_name, sparsity):
+    """Pruning Phi-3 (fused) gives the weights that pruning the same model unfused gives."""
+    phi, x = build("phi3"), tokens(4)
+    llama = _unfused_copy(phi)
+    torch.testing.assert_close(window_losses(phi, x, "cpu", 2), window_losses(llama, x, "cpu", 2))
+    pattern = SparsityPattern.parse(sparsity)
+    for model in (phi, llama):
+        prune_model(model, adapter_for(model), _pruner(pruner_name)[0], pattern, x, list(range(4)), "cpu",
+                    batch_size=2, diagnostics=False)
+    fused = _unfused_copy(phi).state_dict()
+    for key, value in llama.state_dict().items():
+        torch.testing.assert_close(fused[key], value, rtol=1e-5, atol=1e-6, msg=key)
