@@ -100,7 +100,8 @@ def _status(rows: list[dict]) -> str:
 
 def _manifest(run: Run, key: dict, status: str, times: dict, memory: dict, extra: dict) -> dict:
     return {"status": status, "run_key": key, "config": OmegaConf.to_container(run.cfg, resolve=True),
-            "versions": provenance.versions(), "git": provenance.git_revision(),
+            "versions": provenance.versions(), "constraints": provenance.constraints(),
+            "git": provenance.git_revision(),
             "hardware": provenance.hardware(run.device), "seed": run.seed, "seconds": times,
             "memory": memory, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
