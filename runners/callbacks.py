@@ -34,6 +34,27 @@ def job_statuses(folders: list[Path]) -> list[str]:
     return statuses
 
 
+def dense_statuses(folders: list[Path]) -> dict[str, str]:
+    """The dense baselines the jobs needed, by run id: the status of the job that computed one
+    (a failed one when jobs disagree, e.g. ``unavailable`` retried), else ``skipped:<status>``.
+    A dense baseline is a run of its own: its failure is not its pruned run's (runners/execution/job.py)."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        try:
+            dense = json.loads((folder / "status.json").read_text()).get("dense")
+            rid, status = str(dense["run_id"]), str(dense["status"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no status.json (job_statuses counts it), or a job that needed no baseline
+        if rid not in found or _rank(status) > _rank(found[rid]):
+            found[rid] = status
+    return found
+
+
+def _rank(status: str) -> int:
+    """Which of several jobs' statuses of one dense baseline counts: failed > computed > skipped."""
+    return 0 if status.startswith("skipped") else 1 + exit_code([status])
+
+
 def exit_code(statuses: list[str]) -> int:
     """0 when every run is ok or skipped as done, 1 when any failed."""
     return 1 if any(s.split(":")[-1] in FAILED and not s.startswith("skipped") for s in statuses) else 0
@@ -49,11 +70,15 @@ class PrintReport(Callback):
         REPORTED = True
         print(summarize(config.results.dir), flush=True)
         statuses = job_statuses(folders)
-        EXIT_CODE = exit_code(statuses)
+        dense = dense_statuses(folders)
+        EXIT_CODE = exit_code(statuses + list(dense.values()))
         failed = [s for s in statuses if exit_code([s])]
         if failed:
             print(f"{len(failed)} of {len(statuses)} runs failed ({', '.join(sorted(set(failed)))}): exit code 1",
                   flush=True)
+        for rid, status in sorted(dense.items()):
+            if exit_code([status]):
+                print(f"the dense baseline {rid} failed ({status}): exit code 1", flush=True)
 
     def _position(self, config: DictConfig) -> tuple[int, int]:
         total = int(os.environ.get("LLM_PRUNE_SWEEP_SIZE", "1") or 1)

@@ -10,6 +10,7 @@ other's "done".
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from eval.blockwise import check_setting as check_blockwise
 from eval.calibration import calibration_source
@@ -28,6 +29,7 @@ from core.layers import resolve_layers
 from runners.execution.models import ModelSpec, folder_fingerprint, resolve_dtype
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DENSE_PRUNER = Path(__file__).resolve().parents[2] / "conf" / "pruner" / "dense.yaml"
 
 
 def layers_label(spec) -> str:
@@ -148,9 +150,26 @@ class Run:
         return key
 
     def dense(self) -> "Run":
-        """The dense baseline run of the same model and evaluation protocol."""
-        return Run(self.cfg, self.model, {"name": "dense", "_target_": "pruners.dense.build"},
-                   SparsityPattern(0.0), "none", self.device, self.dtype, self.eval_sources)
+        """The dense baseline run of the same model and evaluation protocol, with a configuration
+        of its own (``dense_config``). Its key, hence its run id, is what it always was: the
+        model, device kind, evaluation settings and sources, and the seed only for a tiny random
+        model; nothing of the pruned run that asked for it."""
+        cfg = dense_config(self.cfg)
+        return Run(cfg, self.model, OmegaConf.to_container(cfg.pruner, resolve=True), SparsityPattern(0.0), "none",
+                   self.device, self.dtype, self.eval_sources)
+
+
+def dense_config(cfg: DictConfig) -> DictConfig:
+    """The configuration of the dense baseline of the run configured by ``cfg``: pruner ``dense``
+    (``conf/pruner/dense.yaml``), sparsity 0, no allocation and no refinement; the model, device,
+    seed, data, calibration and evaluation settings as in ``cfg`` (``cfg`` itself is unchanged)."""
+    dense = copy.deepcopy(cfg)
+    with open_dict(dense):
+        dense.pruner = OmegaConf.load(DENSE_PRUNER)
+        dense.sparsity = 0
+        dense.pop("allocation", None)
+        dense.pop("refine", None)
+    return dense
 
 
 def run_id(key: dict) -> str:

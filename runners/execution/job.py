@@ -100,7 +100,8 @@ def _status(rows: list[dict]) -> str:
 
 def _manifest(run: Run, key: dict, status: str, times: dict, memory: dict, extra: dict) -> dict:
     return {"status": status, "run_key": key, "config": OmegaConf.to_container(run.cfg, resolve=True),
-            "versions": provenance.versions(), "git": provenance.git_revision(),
+            "versions": provenance.versions(), "constraints": provenance.constraints(),
+            "git": provenance.git_revision(),
             "hardware": provenance.hardware(run.device), "seed": run.seed, "seconds": times,
             "memory": memory, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
@@ -154,23 +155,41 @@ def _claim(folder: Path, cfg: DictConfig, quiet: bool = False, want_model: bool 
     return claim
 
 
-def _write_dense(run: Run, model, tokenizer, claimed: bool = False) -> str | None:
-    """Evaluate and store the dense baseline unless it is in the store or another job computes it
-    (``claimed``: this job already holds its claim); return its status (None: not here yet)."""
+def _failed(err: BaseException) -> tuple[str, list[dict], dict]:
+    """``(status, rows, manifest entries)`` of a run that raised ``err``."""
+    status = _failure(err)
+    error = "".join(traceback.format_exception_only(type(err), err)).strip()
+    rows = [{"dataset": WHOLE_RUN, "metric": PPL.name, "value": float("nan"), "status": status,
+             "message": error.splitlines()[0][:300]}]
+    return status, rows, {"error": error, "traceback": traceback.format_exc()}
+
+
+def _write_dense(run: Run, model, tokenizer, claimed: bool = False) -> str:
+    """Evaluate and store the dense baseline ``run`` (``Run.dense()``: its own configuration)
+    unless it is in the store or another job computes it (``claimed``: this job already holds its
+    claim). Return its status as ``run_job`` does: the status computed here, else
+    ``skipped:<stored status>`` or ``skipped:claimed``. A failure of its evaluation is its own
+    status, recorded in its own manifest: it never raises, so the pruned run that asked for it goes
+    on (only a failure to write the store propagates)."""
     key = run.key(None)
     folder = store.run_dir(run.cfg.results.dir, run_id(key))
     claim = None if claimed else _claim(folder, run.cfg, quiet=True)
     if claim is None and not claimed:
         manifest = store.read_manifest(folder)
-        return manifest["status"] if manifest else None
+        return f"skipped:{manifest['status'] if manifest else 'claimed'}"
     try:
         log.info("dense baseline %s", folder.name)
-        start = time.perf_counter()
-        with provenance.PeakMemory(run.device) as mem:
-            rows = _rows(run, key, folder.name, evaluate(model, tokenizer, run))
-        status = _status(rows)
-        store.finish_run(folder, rows, METRIC_COLUMNS, _manifest(run, key, status, {"eval": time.perf_counter() - start},
-                                                                 mem.summary(), {}))
+        extra, start = {}, time.perf_counter()
+        mem = provenance.PeakMemory(run.device)
+        try:
+            with mem:
+                rows = evaluate(model, tokenizer, run)
+            status = _status(rows)
+        except Exception as err:  # the dense run's own status; the run that asked for it goes on
+            status, rows, extra = _failed(err)
+            log.error("dense baseline %s failed (%s): %s", folder.name, status, err)
+        store.finish_run(folder, _rows(run, key, folder.name, rows), METRIC_COLUMNS,
+                         _manifest(run, key, status, {"eval": time.perf_counter() - start}, mem.summary(), extra))
         return status
     finally:
         if claim is not None:
@@ -192,11 +211,18 @@ def resolve(cfg: DictConfig):
         raise SettingsError(str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)) from err
 
 
-def run_job(cfg: DictConfig) -> str:
+def run_job(cfg: DictConfig, outcome: dict | None = None) -> str:
     """Run (or skip) one configured run; return its status, ``skipped:<stored status>`` when the
     store has it (``retry_failed=true`` recomputes error/oom/nan runs), ``skipped:claimed`` when
-    another live job holds its claim. A damaged run is computed again."""
+    another live job holds its claim. A damaged run is computed again.
+
+    A pruned run first has its dense baseline evaluated and stored, as a run of its own, when the
+    store lacks it; ``outcome`` (a dict, when given) then gets ``{"dense": {"run_id": ...,
+    "status": ...}}`` with the baseline's status in the same form (``run.py`` writes it into the
+    job's status.json, and a failed baseline makes the sweep exit 1)."""
     run, pruner, key = resolve(cfg)
+    if run.is_dense:  # pruner=dense: the baseline's own configuration, whatever else the job set
+        run = run.dense()
     rid = run_id(key)
     folder = store.run_dir(cfg.results.dir, rid)
     store.remove_temp_files(cfg.results.dir)  # leftovers of killed writers (a live writer's are kept)
@@ -205,13 +231,14 @@ def run_job(cfg: DictConfig) -> str:
         manifest = store.read_manifest(folder)
         return f"skipped:{manifest['status'] if manifest else 'claimed'}"
     try:
-        return _compute(cfg, run, pruner, key, rid, folder)
+        return _compute(run.cfg, run, pruner, key, rid, folder, {} if outcome is None else outcome)
     finally:
         claim.release()
 
 
-def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Path) -> str:
-    """Load, calibrate, prune, evaluate and write one claimed run; failures become its status."""
+def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Path, outcome: dict) -> str:
+    """Load, calibrate, prune, evaluate and write one claimed run; failures become its status
+    (the dense baseline's, evaluated here first, become the baseline's own: ``outcome["dense"]``)."""
     times, memory, extra, rows = {}, {}, {}, []
     torch.manual_seed(int(cfg.seed))
     try:
@@ -231,7 +258,8 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         adapter = adapter_for(model)
         if run.is_dense:
             return _write_dense(run, model, tokenizer, claimed=True)
-        _write_dense(run.dense(), model, tokenizer)
+        dense = run.dense()
+        outcome["dense"] = {"run_id": run_id(dense.key(None)), "status": _write_dense(dense, model, tokenizer)}
         model.to("cpu")
         layers = resolve_layers(run.layers, len(adapter.blocks(model)))
         start = time.perf_counter()
@@ -259,12 +287,9 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
             times["save"] = time.perf_counter() - start
             log.info("run %s: pruned model saved in %s", rid, extra["saved_model"])
     except Exception as err:  # recorded as this run's status; the sweep goes on
-        status = _failure(err)
+        status, rows, failure = _failed(err)
         log.error("run %s failed (%s): %s", rid, status, err)
-        extra["error"] = "".join(traceback.format_exception_only(type(err), err)).strip()
-        extra["traceback"] = traceback.format_exc()
-        rows = [{"dataset": WHOLE_RUN, "metric": PPL.name, "value": float("nan"), "status": status,
-                 "message": extra["error"].splitlines()[0][:300]}]
+        extra.update(failure)
     store.finish_run(folder, _rows(run, key, rid, rows), METRIC_COLUMNS, _manifest(run, key, status, times, memory,
                                                                                   extra))
     log.info("run %s: %s", rid, status)
