@@ -35,6 +35,7 @@ from pruners.pattern import SparsityPattern
 
 from runners.cli import CONF, first_point, sweep_points
 from core.families import family_named
+from core.structure import refusal
 from core.layers import resolve_layers
 
 SHAPES = CONF / "shapes"
@@ -207,6 +208,9 @@ def check_shapes(cfg: DictConfig, run) -> None:
     shape = model_shape(cfg)
     if shape is None:
         return
+    problem = refusal(shape)
+    if problem:
+        raise Invalid(f"model={cfg.model.name}: {problem}")
     positions = shape.get("max_position_embeddings")
     for key in ("calib.seqlen", "eval.seqlen"):
         if positions and _select(cfg, key) > positions:

@@ -241,3 +241,15 @@ def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, l
     for key in matrices:
         w = weights[key]
         assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all()), key
+
+
+def test_moe_folder_is_refused_before_loading(tmp_path):
+    """A Qwen3-MoE folder (config.json only, no weights): validation refuses it in one line naming
+    its model_type, before anything loads."""
+    from transformers import Qwen3MoeConfig
+
+    from runners.validate import check_command_line
+
+    Qwen3MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32).save_pretrained(tmp_path)
+    problem = check_command_line(["model=hub", f"model.name_or_path={tmp_path}", "pruner=wanda", "sparsity=0.5"])
+    assert problem is not None and "qwen3_moe" in problem and "mixture of experts" in problem, problem
