@@ -253,3 +253,31 @@ def test_moe_folder_is_refused_before_loading(tmp_path):
     Qwen3MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32).save_pretrained(tmp_path)
     problem = check_command_line(["model=hub", f"model.name_or_path={tmp_path}", "pruner=wanda", "sparsity=0.5"])
     assert problem is not None and "qwen3_moe" in problem and "mixture of experts" in problem, problem
+
+
+PRESETS = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-8b", "mistral-7b-v0.3", "gemma-3-4b", "phi-3-mini"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_shapes_count_the_weights_transformers_builds(preset):
+    """Each new preset's conf/shapes/ file builds (on the meta device) the model transformers would,
+    and the plan's weight counts equal that model's matrices: plan=true prices the real shape."""
+    import json
+
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from runners import plan
+
+    raw = json.loads((CONF / "shapes" / f"{preset}.json").read_text())
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(raw["model_type"], **fields))
+    assert net.config.num_hidden_layers == raw["num_hidden_layers"]
+    family = OmegaConf.load(CONF / "model" / f"{preset}.yaml").family
+    shape = plan.Shape.from_config(raw, str(family))
+    unique = {id(p): p for p in net.parameters() if p.dim() == 2}.values()
+    assert shape.params == sum(p.numel() for p in unique)
+    block = net.model.layers[0]
+    assert shape.block_params == sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    assert refusal(raw) is None
