@@ -203,3 +203,42 @@ def test_rel_update_error_matches_independent_computation(name):
     assert got["rel_output_error"] == pytest.approx(expected_out, rel=1e-4)
     # the update is much smaller than the residual stream: the two ratios differ
     assert all(u > o for u, o in zip(got["rel_update_error"], got["rel_output_error"]))
+
+
+class _RecordsFirst:
+    """A pruner that records a Linear's time before it collects statistics or writes a weight
+    (allowed by the protocol); it zeroes the first half of every Linear's columns after collecting."""
+
+    name = label = "records-first"
+    needs_calibration = True
+    calib_nsamples = None
+
+    def __init__(self, write_before_collect: bool = False):
+        self.write_before_collect = write_before_collect
+
+    def prune_block(self, block):
+        from pruners.wanda import InputNorms
+
+        for name in block.linears:
+            block.record_linear(name, 0.0)
+        if self.write_before_collect:
+            for linear in block.linears.values():
+                linear.weight.data[:, : linear.in_features // 2] = 0
+        block.collect(InputNorms)
+        for linear in block.linears.values():
+            linear.weight.data[:, : linear.in_features // 2] = 0
+
+
+def test_dense_outputs_are_taken_from_the_weights_not_from_the_pruners_records():
+    """The block's dense outputs (rel_output_error) are the outputs of a run on unchanged weights:
+    recording a Linear first does not lose them, and a run after a write is never taken as dense."""
+    model = tiny_model("tiny-llama")
+    ids = _tokens()
+    reports = {}
+    for write_first in (False, True):
+        work = copy.deepcopy(model)
+        reports[write_first] = prune_model(work, adapter_for(work), _RecordsFirst(write_first),
+                                           SparsityPattern.parse(0.5), ids, [0, 1, 2], "cpu")
+    errors = [r["value"] for r in reports[False].blocks if r["metric"] == "rel_output_error"]
+    assert len(errors) == 3 and all(e > 0 for e in errors)
+    assert not [r for r in reports[True].blocks if r["metric"] == "rel_output_error"]

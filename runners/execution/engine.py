@@ -45,6 +45,18 @@ class BlockRun:
     linear_seconds: dict[str, float] = field(default_factory=dict)
     parts: dict[str, list[slice]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self._dense_weights = self._fingerprint()
+
+    def _fingerprint(self) -> list[float]:
+        """Sum of |w| of every Linear: any pruning step changes it, and it costs one pass over the
+        weights (nothing beside a block forward over the calibration tokens)."""
+        return [float(linear.weight.detach().abs().sum(dtype=torch.float64)) for linear in self.linears.values()]
+
+    def _still_dense(self) -> bool:
+        """Whether the block's weights are those it came with (its outputs are the dense outputs)."""
+        return self._fingerprint() == self._dense_weights
+
     def rows(self, name: str) -> list[slice]:
         """The row slices of ``name`` that are separate matrices (see ``BlockContext.rows``)."""
         return self.parts.get(name) or [slice(None)]
@@ -64,11 +76,11 @@ class BlockRun:
                         pass
             return
         outputs = run_block(self.block, self.batches)
-        if self.dense_outputs is None and not self.linear_seconds:  # nothing pruned yet
+        if self.need_dense and self.dense_outputs is None and self._still_dense():
             self.dense_outputs = outputs
 
     def _wants_dense(self) -> bool:
-        return self.need_dense and self.dense_outputs is None and not self.linear_seconds
+        return self.need_dense and self.dense_outputs is None and self._still_dense()
 
     def _stat_hooks(self, make_stat, names, stop_early: bool):
         """One statistic per input group among ``names``, fed by a hook on the group's first Linear."""
