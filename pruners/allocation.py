@@ -125,6 +125,12 @@ class Owl:
         return {i: SparsityPattern(counts[i] / sizes[i], exact=self.exact) for i in sizes}
 
 
+def allocates(allocation) -> bool:
+    """True when blocks get their own sparsities: an allocation other than ``Uniform`` (None: the
+    run has none). The one test for "is there a layer-wise allocation"."""
+    return allocation is not None and not isinstance(allocation, Uniform)
+
+
 def uniform(name: str = "uniform") -> Uniform:
     """Builder of ``conf/allocation/uniform.yaml``."""
     return Uniform(name)
@@ -142,4 +148,4 @@ def owl(name: str = "owl", m: float = 5.0, lam: float = 0.08, exact: bool = True
     return Owl(float(m), float(lam), name, exact=exact)
 
 
-__all__ = ["Owl", "Uniform", "exact_counts", "outlier_ratio", "owl", "spread", "uniform"]
+__all__ = ["Owl", "Uniform", "allocates", "exact_counts", "outlier_ratio", "owl", "spread", "uniform"]

@@ -38,12 +38,14 @@ are exactly 0 and the zero count is exactly the pattern's.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 from .base import PerLinearPruner, check_setting
+from .cost import BENCH_TOKENS, SMOLLM2, STAT_BYTES, Shape
 from .pattern import SparsityPattern, lowest_k_mask, nm_mask
-from .sparsegpt import Hessian
+from .sparsegpt import Hessian, SparseGPTCost, hessian_bytes, widest_input
 
 # The paper's rho schedule: (least support change as a share of the kept entries, factor).
 RHO_STEPS = ((0.1, 1.3), (0.005, 1.2), (0.0, 1.1))
@@ -160,6 +162,62 @@ def alps_prune(
     return out.copy_(refined.masked_fill_(pruned, 0.0))
 
 
+# ---- cost model (pruners/cost.py) -----------------------------------------------------------
+
+# ADMM iterations per Linear (it stops once the support settles): 36 on average, 30-45, over the
+# 210 Linears of SmolLM2 at 8 x 2048 C4 tokens and 70% (one run, 2026-12-04); assumed the same at
+# every scale. Its weight-sized float32 iterates and temporaries per weight.
+ALPS_ITERATIONS = 36
+ALPS_BYTES = 40
+
+
+def alps_linear_flops(d_in: int, d_out: int, iterations: int, pcg_iter: int = 10) -> float:
+    """One ALPS call: the eigendecomposition of H (about 9 d_in^3), per ADMM iteration the two
+    products with the eigenvectors (2 x 2 d_out d_in^2), and the conjugate-gradient steps."""
+    return 9.0 * float(d_in) ** 3 + (4.0 * iterations + 2.0 * (pcg_iter + 1)) * d_out * float(d_in) ** 2
+
+
+def alps_fixed_flops(shape: Shape) -> float:
+    """ALPS's token-independent FLOPs of one block at ALPS_ITERATIONS iterations per Linear."""
+    return sum(alps_linear_flops(i, o, ALPS_ITERATIONS) for _, i, o in shape.linears())
+
+
+@dataclass(frozen=True)
+class AlpsCost(SparseGPTCost):
+    """SparseGPT's passes and Hessians (at SparseGPT's rate); the eigendecompositions and
+    iterations at the rate the rest of its `make bench` seconds gives (446.1 s on SmolLM2: 106
+    GFLOP/s); the Hessians, H's unit-diagonal copy, its eigenvectors and eigh's workspace (3 d^2),
+    and the ADMM's weight-sized iterates held."""
+
+    bench_seconds: float | None = 446.1
+    bench_target: float | None = 30.0
+
+    @property
+    def rate(self) -> float:
+        return SparseGPTCost().rate
+
+    def fixed_seconds(self, shape: Shape) -> float:
+        return alps_fixed_flops(shape) / _fixed_rate()
+
+    def working_bytes(self, shape: Shape, tokens: int) -> float:
+        d_max, widest = widest_input(shape)
+        largest = max(i * o for _, i, o in shape.linears())
+        return hessian_bytes(shape) + 3 * STAT_BYTES * d_max ** 2 + ALPS_BYTES * max(largest, widest)
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_rate() -> float:
+    """FLOP/s of ALPS's token-independent work: its `make bench` seconds less its token-dependent
+    part (at SparseGPT's rate) over ``alps_fixed_flops``."""
+    n, s = BENCH_TOKENS
+    cost, blocks = COST, SMOLLM2.blocks
+    own = cost.bench_seconds - blocks * cost.flops(SMOLLM2, n * s, s) / cost.rate
+    return blocks * alps_fixed_flops(SMOLLM2) / own
+
+
+COST = AlpsCost()
+
+
 def build(
     name: str = "alps",
     rho0: float = 0.1,
@@ -182,4 +240,4 @@ def build(
     check_setting(tol > 0, "tol", tol, "a number > 0 (default: 1e-3)")
     prune_fn = functools.partial(alps_prune, rho0=rho0, rho_every=rho_every, max_iter=max_iter,
                                  pcg_iter=pcg_iter, percdamp=percdamp, tol=tol)
-    return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential)
+    return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential, cost=COST)

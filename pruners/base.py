@@ -13,7 +13,7 @@ methods (SparseLLM) implement ``prune_block`` themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from core.families import LinearGroup, MlpSpec  # noqa: F401  (part of the pruner interface)
 
+from .cost import Cost
 from .pattern import SparsityPattern
 
 
@@ -81,13 +82,44 @@ class BlockContext(Protocol):
 
 
 class BlockPruner(Protocol):
-    """A pruning method at the level of one decoder block."""
+    """A pruning method at the level of one decoder block: everything the engine, the job and the
+    plan read from a pruner (they read nothing else, and never by ``getattr``).
+
+    ``name`` is its config's name (``conf/pruner/<name>.yaml``); ``label`` names its runs in run ids
+    and tables (``name``, or ``name+<variant>`` when a setting changes the method, as
+    ``ria+permute``); ``calib_nsamples`` is its own calibration size per model family
+    (``{"opt": 64, "llama": 32}``), or None for the protocol's ``calib.nsamples``;
+    ``needs_calibration`` says whether it reads calibration data (without, and without a
+    refinement or allocation that does, the engine runs no calibration pass); ``cost`` is its
+    cost model (``pruners/cost.py``), or None: ``plan=true`` then says "not estimated".
+    ``PerLinearPruner`` and ``PrunerDefaults`` give the usual values."""
 
     name: str
+    label: str
+    calib_nsamples: Mapping[str, int] | None
     needs_calibration: bool
+    cost: Cost | None
 
     def prune_block(self, block: BlockContext) -> None:
         """Prune ``block.linears`` in place to ``block.pattern``."""
+
+
+class PrunerDefaults:
+    """The protocol's usual values for a block-level pruner class: its label is its name, it takes
+    the protocol's calibration size, and it declares no cost model."""
+
+    calib_nsamples: Mapping[str, int] | None = None
+    cost: Cost | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def needs_calibration(pruner, allocation=None, refine=None) -> bool:
+    """Does pruning read calibration data: the pruner, the layer-wise allocation (its dense pass) or
+    the refinement (None: not part of the run). The one definition of that rule."""
+    return any(part is not None and part.needs_calibration for part in (pruner, allocation, refine))
 
 
 def check_setting(ok: bool, key: str, value, accepted: str) -> None:
@@ -106,13 +138,22 @@ class PerLinearPruner:
     ``make_stat`` builds the statistic the function needs from ``in_features`` (None: the
     method needs no calibration data, and the engine then runs no calibration pass).
     With ``sequential`` the statistics are gathered again before each group of Linears, so
-    that e.g. ``o_proj`` sees the output of already pruned q/k/v.
+    that e.g. ``o_proj`` sees the output of already pruned q/k/v. ``cost``: its cost model
+    (``pruners/cost.py``; None: not estimated by the plan); ``calib_nsamples``: its own
+    calibration size per family (None: the protocol's).
     """
 
     name: str
     prune_fn: LinearPruneFn
     make_stat: Callable[[int], Statistic] | None = None
     sequential: bool = False
+    cost: Cost | None = None
+    calib_nsamples: Mapping[str, int] | None = None
+
+    @property
+    def label(self) -> str:
+        """Its name: a per-Linear method has no setting that makes it another method."""
+        return self.name
 
     @property
     def needs_calibration(self) -> bool:

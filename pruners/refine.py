@@ -14,12 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .cost import RefineCost
+
 
 class Refinement(Protocol):
-    """What the engine calls around a block's pruning (see module doc)."""
+    """What the engine calls around a block's pruning (see module doc); ``cost`` is what it adds
+    to its pruner's cost model (``pruners/cost.py``; None: ``plan=true`` says "not estimated")."""
 
     name: str
     needs_calibration: bool
+    cost: RefineCost | None
 
     def prepare(self, block) -> object:
         """Before pruning: gather what ``apply`` needs from the dense block (a ``BlockContext``)."""
@@ -40,12 +44,19 @@ class NoRefine:
 
     name: str = "none"
     needs_calibration: bool = False
+    cost: RefineCost | None = RefineCost()
 
     def prepare(self, block) -> None:
         return None
 
     def apply(self, block, state) -> None:
         return None
+
+
+def refines(refine) -> bool:
+    """True when a refinement runs after the pruner: one other than ``NoRefine`` (None: the run has
+    none). The one test for "is there a refinement"."""
+    return refine is not None and not isinstance(refine, NoRefine)
 
 
 def none(name: str = "none") -> NoRefine:

@@ -38,11 +38,56 @@ or RIA they are the dense values), so the same rule refines any pruner's mask.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
+from . import wanda
+from .cost import BENCH_TOKENS, SMOLLM2, RefineCost, Shape, pass_flops
 from .refine import check_setting
+
+# ---- cost model (pruners/cost.py) -------------------------------------------------------------
+
+# Its swaps per weight of the block: the mean of 103, 260 and 214 ns on the LLaMA-2-7B, OPT-13B and
+# LLaMA-2-70B blocks of `make bench-scale` (wanda+dsnot less wanda at 256 tokens; the cost is per
+# swap cycle of the rows still live, so it varies with the weights); and its float32 temporaries
+# per weight of the largest Linear (the rows' growing and pruning scores, the copies).
+DSNOT_SECONDS = 190e-9
+DSNOT_BYTES = 40
+
+
+class DSnoTCost(RefineCost):
+    """One more dense pass per block (its input moments) at the rate `make bench` gives it, plus its
+    swaps per weight; it holds the block's dense weights (model dtype) throughout, and its swaps'
+    float32 temporaries replace the pruner's own memory when larger."""
+
+    bench_pruner = "wanda"  # `make bench` measured it after Wanda: wanda+dsnot, 360.8 s on SmolLM2
+    bench_seconds = 360.8
+    bench_target = 4.0      # make bench's ceiling on wanda+dsnot's seconds / T_pass
+
+    @property
+    def rate(self) -> float:
+        return _pass_rate(self.bench_seconds)
+
+    def seconds(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        return pass_flops(shape, tokens, seqlen) / self.rate + DSNOT_SECONDS * shape.block_params
+
+    def working_bytes(self, shape: Shape, tokens: int, weight_bytes: int, pruner_bytes: float) -> float:
+        largest = max(i * o for _, i, o in shape.linears())
+        return shape.block_params * weight_bytes + max(pruner_bytes, DSNOT_BYTES * largest)
+
+
+@lru_cache(maxsize=None)
+def _pass_rate(bench_seconds: float) -> float:
+    """FLOP/s of DSnoT's pass: `make bench`'s wanda+dsnot less Wanda's seconds and the swaps."""
+    n, s = BENCH_TOKENS
+    blocks, weights = SMOLLM2.blocks, SMOLLM2.blocks * SMOLLM2.block_params
+    extra = bench_seconds - wanda.COST.bench_seconds - DSNOT_SECONDS * weights
+    return blocks * pass_flops(SMOLLM2, n * s, s) / extra
+
+
+COST = DSnoTCost()
 
 
 class InputMoments:
@@ -143,6 +188,7 @@ class DSnoT:
     threshold: float = 0.1
     var_power: float = 1.0
     needs_calibration: bool = True
+    cost: RefineCost | None = field(default=COST)
 
     def prepare(self, block) -> tuple[dict, dict]:
         """The dense weights and the input moments of every Linear of the block (one block pass)."""

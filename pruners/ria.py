@@ -47,8 +47,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import LinearGroup, PerLinearPruner, check_setting
+from .cost import SelectionCost
 from .pattern import SparsityPattern, nm_mask, select_mask
 from .wanda import InputNorms
+
+# Cost model (pruners/cost.py): Wanda's (two passes, a row sort per Linear: 49 ns per weight);
+# `make bench` 246.2 s on SmolLM2. The permutation's assignments are not in it.
+COST = SelectionCost(seconds_per_weight=49e-9, bench_seconds=246.2, bench_target=2.5)
 
 
 def ria_scores(weight: torch.Tensor, norms: torch.Tensor, a: float) -> torch.Tensor:
@@ -196,5 +201,5 @@ def build(name: str = "ria", a: float = 0.5, permute: bool = False, sequential: 
     check_setting(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 <= a <= 10, "a", a,
                   "a number in [0, 10] (paper default 0.5)")
     check_setting(isinstance(permute, bool), "permute", permute, "true or false")
-    return RiaPruner(name=name, prune_fn=ria_prune, make_stat=InputNorms, sequential=sequential,
+    return RiaPruner(name=name, prune_fn=ria_prune, make_stat=InputNorms, sequential=sequential, cost=COST,
                      a=float(a), permute=permute)

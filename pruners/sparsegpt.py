@@ -23,11 +23,13 @@ pruned entries exactly 0.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 from . import fallbacks
 from .base import PerLinearPruner, check_setting
+from .cost import STAT_BYTES, Cost, Shape, pass_flops
 from .pattern import SparsityPattern, lowest_k_mask, nm_mask
 
 
@@ -277,6 +279,71 @@ def _nm_block_errors(
         torch.mul(current, scales[i], out=errs[i])
 
 
+# ---- cost model (pruners/cost.py) -----------------------------------------------------------
+
+# The token-independent work (sparsegpt_linear_flops of every Linear): 116 and 131 GFLOP/s, the
+# fitted fixed part c0 of t = c0 + c1 T of the LLaMA-2-7B and OPT-13B blocks of `make
+# bench-scale` (256 and 512 tokens, idle machine).
+GPT_FLOPS = 123e9
+
+
+def sparsegpt_linear_flops(d_in: int, d_out: int) -> float:
+    """One SparseGPT call: Cholesky, inverse and Cholesky of the inverse (about d_in^3 together)
+    plus the lazy column-block updates of the weights (about d_out x d_in^2)."""
+    return float(d_in) ** 3 + float(d_out) * d_in ** 2
+
+
+def linears_flops(linears: list[tuple[str, int, int]]) -> float:
+    """``sparsegpt_linear_flops`` summed over ``(name, in, out)`` Linears."""
+    return sum(sparsegpt_linear_flops(i, o) for _, i, o in linears)
+
+
+def hessian_flops(shape: Shape, tokens: int) -> float:
+    """Every input group's Hessian over ``tokens``: 2 T d^2 each."""
+    return sum(2.0 * tokens * d * d for d in shape.groups())
+
+
+def hessian_bytes(shape: Shape) -> float:
+    """Every input group's float32 Hessian, held for the whole block."""
+    return sum(STAT_BYTES * d * d for d in shape.groups())
+
+
+def widest_input(shape: Shape) -> tuple[int, int]:
+    """``(d_max, weights)``: the widest input and the largest Linear that reads it."""
+    d_max = max(shape.groups())
+    return d_max, max(i * o for _, i, o in shape.linears() if i == d_max)
+
+
+def call_bytes(shape: Shape) -> float:
+    """One call on the widest input: the damped flipped copy, its Cholesky factor, the inverse built
+    by halves (the result, the two half inverses and a product: 1.5 d^2) and its flipped copy,
+    4.5 d_in^2 in all (3 d^2 predicted the LLaMA-2-7B block 15% low), plus a float32 transposed
+    weight and the pruned output weight."""
+    d_max, widest = widest_input(shape)
+    return 4.5 * STAT_BYTES * d_max ** 2 + 2 * STAT_BYTES * widest
+
+
+@dataclass(frozen=True)
+class SparseGPTCost(Cost):
+    """Two passes and the Hessians per block (token-dependent), every Linear's factorizations and
+    lazy updates at ``GPT_FLOPS``; the Hessians and one call held. `make bench` 300.1 s on SmolLM2."""
+
+    bench_seconds: float | None = 300.1
+    bench_target: float | None = 2.5
+
+    def flops(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        return 2 * pass_flops(shape, tokens, seqlen) + hessian_flops(shape, tokens)
+
+    def fixed_seconds(self, shape: Shape) -> float:
+        return linears_flops(shape.linears()) / GPT_FLOPS
+
+    def working_bytes(self, shape: Shape, tokens: int) -> float:
+        return hessian_bytes(shape) + call_bytes(shape)
+
+
+COST = SparseGPTCost()
+
+
 def build(
     name: str = "sparsegpt",
     blocksize: int = 128,
@@ -287,4 +354,4 @@ def build(
     check_setting(blocksize >= 1, "blocksize", blocksize, "a whole number >= 1 (published: 128)")
     check_setting(percdamp >= 0, "percdamp", percdamp, "a number >= 0 (published: 0.01)")
     prune_fn = functools.partial(sparsegpt_prune, blocksize=blocksize, percdamp=percdamp)
-    return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential)
+    return PerLinearPruner(name=name, prune_fn=prune_fn, make_stat=Hessian, sequential=sequential, cost=COST)

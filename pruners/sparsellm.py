@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import BlockContext, check_setting
-from .sparsegpt import Hessian, sparsegpt_prune
+from .base import BlockContext, PrunerDefaults, check_setting
+from .cost import STAT_BYTES, Cost, Shape, pass_flops
+from .sparsegpt import GPT_FLOPS, Hessian, call_bytes, hessian_bytes, hessian_flops, linears_flops, sparsegpt_prune
 from .sparsellm_math import optimize_mlp_gated, optimize_mlp_relu
 
 # Official values per MLP kind: OPT code alpha = beta = gamma = 0.1, LLaMA code 5.0.
@@ -71,8 +72,66 @@ def record_history(block: BlockContext, history: Mapping) -> None:
         block.record("mlp_rel_error", rel, step=k)
 
 
+# ---- cost model (pruners/cost.py) -----------------------------------------------------------
+
+# float64 Cholesky factors and triangular solves (the refits): 79-112 GFLOP/s measured with torch
+# 2.13 on this CPU at 6000-8192 wide matrices (float32 products: 210-215 GFLOP/s).
+FP64_FLOPS = 90e9
+
+
+def sparsellm_fp64_flops(shape: Shape, iterations: int) -> float:
+    """The float64 linear algebra per block: the Cholesky factor of X^T X once; per iteration the
+    p step's SPD inverse (W W^T or W^T W: a product, a factor, a solve against the identity); per
+    refit (every iteration after the first) the factor of the f x f Gram of p, the solve for the
+    down projection and one solve per MLP input Linear against X^T X's factor."""
+    h, f = shape.hidden, shape.ffn
+    small, large = min(h, f), max(h, f)
+    p_step = 2.0 * small ** 2 * large + small ** 3 / 3 + 2.0 * small ** 3
+    refit = f ** 3 / 3 + 2.0 * f ** 2 * h + shape.mlp_inputs * 2.0 * h ** 2 * f
+    return h ** 3 / 3 + iterations * p_step + (iterations - 1) * refit
+
+
+@dataclass(frozen=True)
+class SparseLLMCost(Cost):
+    """SparseGPT's work on the block, plus per iteration the Gram matrices of the refits and of the
+    pruned inputs (2 T f^2 each), about six MLP products per token, SparseGPT on each MLP Linear
+    and the float64 algebra; held: the auxiliaries z, (s), p (one per MLP input Linear, and p) at
+    ``storage_bytes``, the MLP's input and target, and the larger of SparseGPT's memory and the MLP
+    phase's. `make bench` 1265.4 s on SmolLM2 at 4 iterations, float32 storage (``reference``)."""
+
+    iterations: int = 4
+    storage_bytes: int = 4
+    bench_seconds: float | None = 1265.4
+    bench_target: float | None = 10.0
+
+    def reference(self) -> "SparseLLMCost":
+        return SparseLLMCost()
+
+    def flops(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        passes = 2 * pass_flops(shape, tokens, seqlen)
+        mlp_products = 2.0 * tokens * sum(i * o for _, i, o in shape.mlp_linears())
+        return passes + hessian_flops(shape, tokens) + self.iterations * (
+            2 * 2.0 * tokens * shape.ffn ** 2 + 6 * mlp_products)
+
+    def fixed_seconds(self, shape: Shape) -> float:
+        gpt = linears_flops(shape.linears()) + self.iterations * linears_flops(shape.mlp_linears())
+        return gpt / GPT_FLOPS + sparsellm_fp64_flops(shape, self.iterations) / FP64_FLOPS
+
+    def working_bytes(self, shape: Shape, tokens: int) -> float:
+        h, f, ins = shape.hidden, shape.ffn, shape.mlp_inputs
+        aux = tokens * ((ins + 1) * f * self.storage_bytes + 2 * h * STAT_BYTES)  # z, (s), p; X, Y
+        # the MLP phase: H of X and its float64 factor, the Gram of p; weight-sized float32 copies
+        # (per input Linear: the refit, the pruned and the best iterate, the cross term; the refit
+        # and pruned down projection, the best one and p^T U: 4 k' + 3); and the larger of the
+        # refit's float64 Gram copy and factor (16 f^2) and SparseGPT on the down projection (the
+        # scaled Gram of p, one call)
+        held_mlp = 12 * h * h + STAT_BYTES * f * f + (4 * ins + 3) * STAT_BYTES * h * f
+        phase = max(16.0 * f * f, STAT_BYTES * f * f + 4.5 * STAT_BYTES * f * f + 2 * STAT_BYTES * h * f)
+        return aux + max(hessian_bytes(shape) + call_bytes(shape), held_mlp + phase)
+
+
 @dataclass
-class SparseLLMSettings:
+class SparseLLMSettings(PrunerDefaults):
     """What both SparseLLM schedules share (ours here, the released one in sparsellm_released.py):
     the penalties, the iteration count, SparseGPT's settings for the attention Linears and the
     initial MLP masks."""
@@ -110,6 +169,11 @@ class SparseLLMPruner(SparseLLMSettings):
     ridge: float = 1e-4
     s_steps: int = 1
     chunk_tokens: int | None = None
+
+    @property
+    def cost(self) -> SparseLLMCost:
+        """The cost model at this run's iterations and storage dtype."""
+        return SparseLLMCost(self.iterations, 2 if self.storage_dtype == "bfloat16" else 4)
 
     @property
     def label(self) -> str:

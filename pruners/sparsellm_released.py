@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .base import BlockContext, check_setting
 from .pattern import SparsityPattern
 from .sparsegpt import Hessian, sparsegpt_prune
-from .sparsellm import SparseLLMSettings, attention_names, prune_attention, record_history
+from .sparsellm import SparseLLMCost, SparseLLMSettings, attention_names, prune_attention, record_history
 from .sparsellm_math import make_p_step, relu_z_step
 
 CHUNK = 4096  # tokens per chunk of the elementwise steps: bounds temporaries, not results
@@ -238,6 +238,12 @@ class SparseLLMReleasedPruner(SparseLLMSettings):
     s_lr: float = 0.01
     s_steps: int = 2
     calib_nsamples: dict[str, int] | None = field(default_factory=lambda: {"opt": 64, "llama": 32})
+
+    @property
+    def cost(self) -> SparseLLMCost:
+        """SparseLLM's cost model at this run's iterations (float32 storage), at SparseLLM's
+        calibrated rate; no make bench ceiling of its own."""
+        return SparseLLMCost(self.iterations, 4, bench_target=None)
 
     def iterations_for(self, kind: str, index: int) -> int:
         """The released per-block count: 1 for LLaMA blocks in ``one_iteration_blocks``."""

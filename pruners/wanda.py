@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from .base import PerLinearPruner
+from .cost import SelectionCost
 from .pattern import SparsityPattern, select_mask
+
+# Cost model (pruners/cost.py): two passes and the row sorts, 49 ns per weight (the fitted fixed
+# part c0 of the OPT-13B, OPT-66B and LLaMA-2-70B blocks of `make bench-scale`: 48-51 ns, idle
+# machine; LLaMA-2-7B's smaller matrices 36 ns); `make bench` 235.5 s on SmolLM2.
+COST = SelectionCost(seconds_per_weight=49e-9, bench_seconds=235.5, bench_target=2.2)
 
 
 class InputNorms:
@@ -48,4 +54,5 @@ def wanda_prune(weight: torch.Tensor, stats: InputNorms, pattern: SparsityPatter
 
 def build(name: str = "wanda", sequential: bool = False) -> PerLinearPruner:
     """Builder used by Hydra's ``_target_``."""
-    return PerLinearPruner(name=name, prune_fn=wanda_prune, make_stat=InputNorms, sequential=sequential)
+    return PerLinearPruner(name=name, prune_fn=wanda_prune, make_stat=InputNorms, sequential=sequential,
+                           cost=COST)

@@ -9,6 +9,10 @@ methods; magnitude needs no data and runs no pass. Per-block diagnostics are off
 they are a measurement, not part of pruning.
 
 A name ``pruner+refinement`` (``wanda+dsnot``) times that pruner followed by ``refine=<refinement>``.
+Each row's ``target`` (the ceiling of its ratio) is the pruner's cost model's ``bench_target``
+(pruners/cost.py; for ``pruner+refinement``, the refinement's, when that is the pruner it was
+measured with). By default every pruner whose cost model has a target is timed, in table order
+(``order`` in its config), then each refinement after the pruner it was measured with.
 
 Usage: ``python -m runners.bench [nsamples=32] [seqlen=2048] [pruners=magnitude,wanda,...]
 [sparsity=0.7] [data.local_dir=PATH] [out=results/bench]``.
@@ -23,34 +27,58 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-
 from eval.calibration import calibration_tokens
+from pruners.base import needs_calibration
 from pruners.pattern import SparsityPattern
 
+from runners import registry
 from runners.execution import provenance
 from core.families import adapter_for
-from runners.cli import CONF
 from core.walk import capture, walk
 from runners.execution.engine import prune_model
 from runners.execution.models import ModelSpec, load_model
 
-DEFAULTS = {"nsamples": "32", "seqlen": "2048",
-            "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot",
+DEFAULTS = {"nsamples": "32", "seqlen": "2048", "pruners": "",
             "sparsity": "0.7", "data.local_dir": "", "out": "results/bench", "cache_dir": ""}
-TARGETS = {"magnitude": 0.1, "wanda": 2.2, "sparsegpt": 2.5, "sparsellm": 10.0, "ria": 2.5, "alps": 30.0,
-           "wanda+dsnot": 4.0}
+
+
+def target(pruner, refine=None) -> float | None:
+    """The ceiling of a method's seconds / T_pass: its cost model's ``bench_target`` (a refinement's
+    applies after the pruner it was measured with); None: none."""
+    cost = pruner.cost if refine is None else refine.cost
+    if cost is None or (refine is not None and cost.bench_pruner != pruner.name):
+        return None
+    return cost.bench_target
+
+
+def default_methods() -> list[str]:
+    """What make bench times: every pruner whose cost model has a ``bench_target``, in table order
+    (``order`` in its config), then each refinement after the pruner it was measured with."""
+    methods = []
+    for name in sorted(registry.pruner_configs(), key=registry.order_key):
+        try:
+            pruner = registry.build_method(name)[0]
+        except Exception:  # a plugin that does not build has no measurement either: not timed by default
+            continue
+        if target(pruner) is not None:
+            methods.append(name)
+    for name in sorted(registry.group_names("refine")):
+        cost = registry.build_refine(name).cost
+        if cost is not None and cost.bench_pruner in methods and cost.bench_target is not None:
+            methods.append(f"{cost.bench_pruner}+{name}")
+    return methods
 
 
 def parse(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments over DEFAULTS; unknown keys are an error naming the accepted ones."""
+    """``key=value`` arguments over DEFAULTS (``pruners`` empty: ``default_methods()``); unknown keys
+    are an error naming the accepted ones."""
     args = dict(DEFAULTS)
     for arg in argv:
         key, _, value = arg.partition("=")
         if key not in DEFAULTS:
             raise SystemExit(f"error: unknown argument {arg!r}: accepted {', '.join(k + '=' for k in DEFAULTS)}")
         args[key] = value
+    args["pruners"] = args["pruners"] or ",".join(default_methods())
     return args
 
 
@@ -66,11 +94,7 @@ def time_pass(model, adapter, tokens) -> float:
 
 def build_pruner(name: str):
     """``(pruner, refinement or None)`` as their config groups build them: ``wanda`` or ``wanda+dsnot``."""
-    pruner, _, refine = name.partition("+")
-    overrides = [f"pruner={pruner}"] + ([f"refine={refine}"] if refine else [])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return instantiate(cfg.pruner), instantiate(cfg.refine) if refine else None
+    return registry.build_method(name)
 
 
 def main(argv: list[str]) -> None:
@@ -89,14 +113,14 @@ def main(argv: list[str]) -> None:
     rows = []
     for name in args["pruners"].split(","):
         (pruner, refine), work = build_pruner(name), copy.deepcopy(model)
-        calibrated = pruner.needs_calibration or (refine is not None and refine.needs_calibration)
+        calibrated = needs_calibration(pruner, refine=refine)
         start = time.perf_counter()
         with provenance.PeakMemory("cpu") as mem:
             prune_model(work, adapter, pruner, pattern, tokens if calibrated else None,
                         list(range(len(adapter.blocks(work)))), "cpu", diagnostics=False, refine=refine)
         seconds = time.perf_counter() - start
         rows.append({"pruner": name, "prune_s": round(seconds, 2), "T_pass_s": round(t_pass, 2),
-                     "ratio": round(seconds / t_pass, 3), "target": TARGETS.get(name),
+                     "ratio": round(seconds / t_pass, 3), "target": target(pruner, refine),
                      "peak_rss_mb": round(mem.summary()["peak_rss_mb"])})
         print(f"{name}: {seconds:.1f} s = {seconds / t_pass:.2f} x T_pass", flush=True)
         del work

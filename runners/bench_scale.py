@@ -17,10 +17,12 @@ scaling exponent against tokens (log t2/t1 over log T2/T1), the exponent against
 (least squares across the measured models), and the extrapolated whole-model time and memory.
 
 Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b]
-[pruners=magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
+[pruners=magnitude,wanda,...] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
 [out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
 their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
-a table can grow over several shorter invocations; ``measure=false`` only tabulates them.
+a table can grow over several shorter invocations; ``measure=false`` only tabulates them. The
+default ``pruners`` are ``make bench``'s (``runners.bench.default_methods``); any pruner with a
+config (built-in or plugin) and a cost model can be named, with an optional ``+refinement``.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from runners import plan
 
-DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "magnitude,wanda,sparsegpt,sparsellm,ria,alps,wanda+dsnot",
+DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "",
             "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
             "out": "results/bench_scale", "reuse": "", "measure": "true"}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
@@ -60,13 +62,17 @@ def parse(argv: list[str]) -> dict[str, str]:
         raise SystemExit(f"error: nsamples={args['nsamples']!r} is not valid: accepted whole numbers >= 1 such as 2,4")
     if args["measure"] not in ("true", "false"):
         raise SystemExit(f"error: measure={args['measure']!r} is not valid: accepted true or false")
+    if not args["pruners"]:
+        from runners.bench import default_methods
+
+        args["pruners"] = ",".join(default_methods())
     for method in args["pruners"].split(","):
-        pruner, refine = plan.split_method(method)
-        conf = plan_shapes_dir().parent
-        if not (conf / "pruner" / f"{pruner}.yaml").is_file() or (refine and not (conf / "refine" / f"{refine}.yaml").is_file()):
-            known = ", ".join(sorted(p.stem for p in (conf / "pruner").glob("*.yaml")))
-            raise SystemExit(f"error: pruners={method!r} is not a pruner or pruner+refine: accepted {known}, "
-                             "each with an optional +dsnot")
+        try:
+            spec = plan.method(method)
+        except ValueError as err:
+            raise SystemExit(f"error: pruners={method!r}: {err}") from None
+        if spec.not_estimated:
+            raise SystemExit(f"error: pruners={method!r}: {spec.not_estimated}: accepted a pruner with a cost model")
     for model in args["models"].split(","):
         if not (plan_shapes_dir() / f"{model}.json").is_file():
             known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
@@ -81,7 +87,7 @@ def plan_shapes_dir() -> Path:
 
 
 def shape_of(model: str) -> plan.Shape:
-    """The plan's Shape of a shipped model."""
+    """The plan's Shape of a shipped model (its family from the file's ``model_type``)."""
     raw = json.loads((plan_shapes_dir() / f"{model}.json").read_text())
     return plan.Shape.from_config(raw, raw["model_type"])
 
@@ -134,6 +140,7 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     """Prune the one block once; seconds and peak RSS (runs in the child process)."""
     import torch
 
+    from pruners.base import needs_calibration
     from pruners.pattern import SparsityPattern
     from runners.bench import build_pruner
     from runners.execution import provenance
@@ -145,7 +152,7 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     rss_built = provenance._rss_bytes() / 2**20
     adapter = adapter_for(net)
     pruner, refine = build_pruner(pruner_name)
-    calibrated = pruner.needs_calibration or (refine is not None and refine.needs_calibration)
+    calibrated = needs_calibration(pruner, refine=refine)
     tokens = torch.randint(0, TINY_VOCAB, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with provenance.PeakMemory("cpu") as mem:
@@ -331,8 +338,8 @@ def main(argv: list[str]) -> None:
                     row.update(run_child(model, pruner, n, seqlen, args["sparsity"]))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                if "skipped" in row or pruner == "magnitude":
-                    break  # a larger token count would not fit either; magnitude reads no tokens
+                if "skipped" in row or not plan.method(pruner).calibrated:
+                    break  # a larger token count would not fit either; a method without calibration reads no tokens
     listed = {(r["model"], r["pruner"], r["tokens"]) for r in rows}
     for key, r in reused.items():  # earlier token counts of the same pairs (e.g. nsamples=1,2 before)
         if key not in listed and key[0] in args["models"].split(",") and key[1] in args["pruners"].split(","):

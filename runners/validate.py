@@ -31,9 +31,12 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eval.datasets import CORPORA
+from pruners.allocation import allocates
+from pruners.dense import is_dense
 from pruners.pattern import SparsityPattern
 
 from runners.cli import CONF, first_point, sweep_points
+from runners.registry import PRESENTATION, settings
 from core.families import family_named
 from core.structure import refusal
 from core.layers import resolve_layers
@@ -157,7 +160,7 @@ def _annotation_ok(value, annotation) -> bool:
 
 def check_pruner(cfg: DictConfig) -> None:
     """Each pruner setting is a parameter of its builder, of the annotated type."""
-    pruner = OmegaConf.to_container(cfg.pruner, resolve=True)
+    pruner = settings(cfg.pruner)  # the report's order and colour are not builder settings
     target = pruner.get("_target_", "")
     module_name, _, func_name = target.rpartition(".")
     try:
@@ -267,7 +270,15 @@ def check_files(cfg: DictConfig) -> None:
 def check_allocation(cfg: DictConfig) -> None:
     """``allocation=owl`` spreads unstructured sparsity only: an N:M sparsity is rejected here."""
     name = _select(cfg, "allocation.name")
-    if name in (None, "uniform") or _select(cfg, "pruner.name") == "dense":
+    if name is None or is_dense(_select(cfg, "pruner.name")):
+        return
+    from hydra.utils import instantiate
+
+    try:
+        allocation = instantiate(cfg.allocation)
+    except Exception:  # a bad allocation setting: resolve() reports it in one line
+        return
+    if not allocates(allocation):
         return
     pattern = SparsityPattern.parse(cfg.sparsity)
     if pattern.is_nm:
@@ -298,7 +309,7 @@ def _one_line(err: BaseException, point: list[str] | None = None) -> str:
         node = _base_config([o for o in point if o.split("=", 1)[0].lstrip("+~") != key
                              and not o.lstrip("+~").startswith("hydra")])
         node = OmegaConf.select(node, parent) if parent else node
-        known = ", ".join(sorted(str(k) for k in node if k not in ("_target_", "name"))) \
+        known = ", ".join(sorted(str(k) for k in node if k not in ("_target_", "name", *PRESENTATION))) \
             if isinstance(node, DictConfig) else "none"
         return (f"{key}={value!r} is not a known setting: accepted {known}"
                 + (" (or +pruner.<key>= for a setting its builder takes)" if parent == "pruner" else ""))

@@ -173,10 +173,10 @@ def test_validation_accepts_owl_with_a_fraction_and_uniform_with_nm():
 def _key(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=tiny-llama", "pruner=magnitude", *overrides])
-    from hydra.utils import instantiate
+    from runners.registry import build
 
     run = prepare(cfg)
-    return run.key(instantiate(cfg.pruner))
+    return run.key(build(cfg.pruner))
 
 
 def test_identity_and_label():

@@ -1,10 +1,10 @@
 """Every config group option composes, and every pruner config instantiates a working pruner."""
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from runners.cli import CONF, choices
 from runners.execution.job import prepare
+from runners.registry import build
 
 
 def _compose(*overrides):
@@ -23,7 +23,7 @@ def test_every_model_config_validates(model):
 @pytest.mark.parametrize("pruner", choices("pruner"))
 def test_every_pruner_config_instantiates(pruner):
     """Each pruner config builds an object with the block-pruner interface."""
-    obj = instantiate(_compose(f"pruner={pruner}").pruner)
+    obj = build(_compose(f"pruner={pruner}").pruner)
     assert obj.name == pruner and isinstance(obj.needs_calibration, bool) and callable(obj.prune_block)
 
 

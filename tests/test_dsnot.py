@@ -21,6 +21,7 @@ from core.families import adapter_for
 from runners.execution.engine import prune_model
 from runners.execution.identity import prepare, run_id
 from runners.execution.store import load_metrics, read_manifest
+from runners.registry import build as build_pruner
 from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir, tiny_model
 
@@ -156,7 +157,7 @@ def test_engine_refines_after_any_pruner(pruner, sparsity):
 def _key(*overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["model=tiny-llama", "protocol=smoke", *overrides])
-    return prepare(cfg).key(instantiate(cfg.pruner))
+    return prepare(cfg).key(build_pruner(cfg.pruner))
 
 
 def test_identity_labels_and_dense_noop():

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from runners.cli import CONF
 from runners.execution.identity import prepare, run_id
 from runners.execution.job import SettingsError, resolve
+from runners.registry import build
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
@@ -112,4 +112,4 @@ def test_prepare_resolves_without_loading():
     assert run.eval_sources["wikitext2"]["file"] == "wikitext2/wiki.test.raw"
     assert len(run.eval_sources["ptb"]["sha256"]) == 64
     assert run.eval_sources["c4"]["sha256"] is None  # not in the offline copies: reported unavailable later
-    assert instantiate(_cfg().pruner).name == "magnitude"
+    assert build(_cfg().pruner).name == "magnitude"

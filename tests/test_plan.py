@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pruners import ria
+from pruners.cost import PASS_SECONDS, SELECT_BYTES
 from runners import bench_scale, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,13 +137,16 @@ def test_bench_scale_measures_one_real_block_in_a_child_process(pruner):
 
 def test_plan_seconds_give_back_the_bench_seconds_they_were_calibrated_on():
     """Round trip: at make bench's own setting (SmolLM2, 32 x 2048, 30 blocks) the plan's
-    seconds per pruner, selection and DSnoT terms included, are the measured BENCH_SECONDS."""
+    seconds per pruner, selection and DSnoT terms included, are the measured bench seconds each
+    pruner's (and refinement's) cost model carries."""
     n, s = plan.BENCH_TOKENS
     for method in ("wanda", "ria", "sparsegpt", "sparsellm", "alps", "wanda+dsnot"):
         total = plan.SMOLLM2.blocks * plan.prune_seconds(plan.SMOLLM2, method, n * s, s)
-        assert total == pytest.approx(plan.BENCH_SECONDS[method], rel=1e-9), method
-    passes = plan.SMOLLM2.blocks * plan.pass_flops(plan.SMOLLM2, n * s, s) / plan.THROUGHPUT["pass"]
-    assert passes == pytest.approx(plan.BENCH_SECONDS["pass"])
+        m = plan.method(method)
+        measured = m.refine.bench_seconds if m.refine is not None else m.cost.bench_seconds
+        assert total == pytest.approx(measured, rel=1e-9), method
+    passes = plan.SMOLLM2.blocks * plan.pass_flops(plan.SMOLLM2, n * s, s) / plan.PASS_RATE
+    assert passes == pytest.approx(PASS_SECONDS)
 
 
 def test_plan_counts_ria_alps_and_dsnot_as_their_own_work():
@@ -150,11 +155,11 @@ def test_plan_counts_ria_alps_and_dsnot_as_their_own_work():
     shape = bench_scale.shape_of("llama-2-7b")
     tokens, seqlen = 128 * 2048, 2048
     largest = max(i * o for _, i, o in shape.linears())
-    assert plan.pruner_working_bytes(shape, "ria", tokens) == plan.SELECT_BYTES * largest  # not 0 as a plugin's
-    assert plan.prune_seconds(shape, "ria", 256, 256) > plan.SELECT_SECONDS["ria"] * shape.block_params
+    assert plan.pruner_working_bytes(shape, "ria", tokens) == SELECT_BYTES * largest  # not 0 as a plugin's
+    assert plan.prune_seconds(shape, "ria", 256, 256) > ria.COST.seconds_per_weight * shape.block_params
     assert plan.prune_seconds(shape, "alps", tokens, seqlen) > plan.prune_seconds(shape, "sparsegpt", tokens, seqlen)
     refined = plan.prune_seconds(shape, "wanda+dsnot", tokens, seqlen) - plan.prune_seconds(shape, "wanda", tokens, seqlen)
-    assert refined > plan.pass_flops(shape, tokens, seqlen) / plan.THROUGHPUT["pass"] * 0.5
+    assert refined > plan.pass_flops(shape, tokens, seqlen) / plan.PASS_RATE * 0.5
     hessians = sum(4 * d * d for d in shape.groups())
     assert plan.pruner_working_bytes(shape, "alps", tokens) > hessians
     dense_copy = shape.block_params * 2  # float16 weights

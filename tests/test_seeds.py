@@ -255,10 +255,10 @@ def test_same_seed_same_settings_identical_files(tmp_path):
 @pytest.mark.parametrize("name", ["wanda", "sparsegpt"])
 def test_same_calibration_identical_pruned_weights(name):
     """prune_model twice on two copies of one tiny model with the same tokens: torch.equal weights."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from pruners.pattern import SparsityPattern
+    from runners.registry import build
     from core.families import adapter_for
     from runners.execution.engine import prune_model
 
@@ -267,7 +267,7 @@ def test_same_calibration_identical_pruned_weights(name):
     first = tiny_model("tiny-llama")
     second = copy.deepcopy(first)
     for model in (first, second):
-        prune_model(model, adapter_for(model), instantiate(cfg), SparsityPattern.parse(0.5), tokens, [0, 1, 2], "cpu")
+        prune_model(model, adapter_for(model), build(cfg), SparsityPattern.parse(0.5), tokens, [0, 1, 2], "cpu")
     for (key, wa), wb in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(wa, wb), key
     assert any((w == 0).any() for k, w in first.state_dict().items() if k.endswith("proj.weight"))

@@ -256,10 +256,11 @@ def test_weight_is_not_modified(rows):
 
 def test_config_builds_pruner():
     """conf/pruner/sparsegpt.yaml instantiates a pruner with the Hessian statistic."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    pruner = instantiate(OmegaConf.load(ROOT / "conf" / "pruner" / "sparsegpt.yaml"))
+    from runners.registry import build as build_config
+
+    pruner = build_config(OmegaConf.load(ROOT / "conf" / "pruner" / "sparsegpt.yaml"))
     assert pruner.name == "sparsegpt" and pruner.make_stat is Hessian and not pruner.sequential
     assert pruner.prune_fn.keywords == {"blocksize": 128, "percdamp": 0.01}
     with pytest.raises(ValueError):

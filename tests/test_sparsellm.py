@@ -422,10 +422,11 @@ def test_build_family_defaults_and_validation():
 
 def test_config_instantiates():
     """conf/pruner/sparsellm.yaml builds the pruner with family defaults left open."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from runners.registry import build as build_config
+
     conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "pruner" / "sparsellm.yaml")
-    pruner = instantiate(conf)
+    pruner = build_config(conf)
     settings = (pruner.alpha, pruner.beta, pruner.gamma, pruner.iterations, pruner.refit)
     assert settings == (None, None, None, 4, "lstsq")

@@ -221,11 +221,12 @@ def test_build_rejects_bad_values_in_one_line(key, value):
 
 def test_config_instantiates_with_calibration_sizes():
     """The YAML builds the pruner; calib_nsamples is the released per-family default."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from runners.registry import build as build_config
+
     conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "pruner" / "sparsellm_released.yaml")
-    pruner = instantiate(conf)
+    pruner = build_config(conf)
     assert pruner.name == "sparsellm_released" and pruner.needs_calibration
     assert pruner.calib_nsamples == {"opt": 64, "llama": 32}
     assert (pruner.iterations, pruner.one_iteration_blocks, pruner.fc2_update) == (4, (1, 30, 31), "gd")

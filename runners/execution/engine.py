@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pruners import fallbacks
-from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec
+from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec, needs_calibration
 from pruners.pattern import SparsityPattern
 
 from core.families import FamilyAdapter
@@ -232,9 +232,7 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
     ``allocation`` (pruners/allocation.py; None: uniform) gives each block its own sparsity; one
     that needs calibration data first runs a dense pass over it. ``refine`` (pruners/refine.py;
     None: none) refines each pruned block's masks after its pruner, before the pruned pass."""
-    alloc_data = allocation is not None and allocation.needs_calibration
-    refine_data = refine is not None and refine.needs_calibration
-    need_inputs = pruner.needs_calibration or diagnostics or alloc_data or refine_data
+    need_inputs = needs_calibration(pruner, allocation, refine) or diagnostics
     if need_inputs and calib_tokens is None:
         raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
     inputs = capture(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
@@ -246,7 +244,7 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
             report.blocks.append({"block": i, "metric": "target_sparsity", "step": None, "value": patterns[i].ratio})
             if measures:
                 report.blocks.append({"block": i, "metric": "outlier_ratio", "step": None, "value": measures[i]})
-    if not (pruner.needs_calibration or diagnostics or refine_data):
+    if not (needs_calibration(pruner, refine=refine) or diagnostics):
         inputs = None  # only the allocation's dense pass needed them
     for step in walk(model, adapter, inputs, device, last=max(selected, default=-1), desc="prune blocks"):
         if step.index in selected:

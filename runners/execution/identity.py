@@ -23,10 +23,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from eval.blockwise import check_setting as check_blockwise
 from eval.calibration import calibration_source
 from eval.datasets import check_dataset_names, eval_source
+from pruners.allocation import allocates
+from pruners.base import needs_calibration
+from pruners.dense import DENSE, is_dense
 from pruners.pattern import SparsityPattern
+from pruners.refine import refines
 
 from core.layers import resolve_layers
 from runners.execution.models import ModelSpec, folder_fingerprint, resolve_dtype
+from runners.registry import settings
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DENSE_PRUNER = Path(__file__).resolve().parents[2] / "conf" / "pruner" / "dense.yaml"
@@ -64,21 +69,21 @@ class Run:
     @property
     def allocates(self) -> bool:
         """True when blocks get their own sparsities (any allocation but uniform)."""
-        return self.allocation is not None and self.allocation.name != "uniform" and not self.is_dense
+        return allocates(self.allocation) and not self.is_dense
 
     @property
     def refines(self) -> bool:
         """True when a refinement runs after the pruner (any but ``none``; never for dense: a no-op)."""
-        return self.refine is not None and self.refine.name != "none" and not self.is_dense
+        return refines(self.refine) and not self.is_dense
 
     def needs_calibration(self, pruner) -> bool:
         """The pruner, the allocation's dense pass, or the refinement reads calibration data."""
-        return (pruner.needs_calibration or (self.allocates and self.allocation.needs_calibration)
-                or (self.refines and self.refine.needs_calibration))
+        return needs_calibration(pruner, self.allocation if self.allocates else None,
+                                 self.refine if self.refines else None)
 
     @property
     def is_dense(self) -> bool:
-        return self.pruner_cfg["name"] == "dense"
+        return is_dense(self.pruner_cfg)
 
     @property
     def device_kind(self) -> str:
@@ -96,7 +101,7 @@ class Run:
     def calib_nsamples(self, pruner) -> int:
         """Calibration size: the pruner's own per-family default when it declares one (the
         released SparseLLM: 64 OPT, 32 LLaMA), else ``calib.nsamples``."""
-        own = getattr(pruner, "calib_nsamples", None) or {}
+        own = pruner.calib_nsamples or {}
         return int(own.get(self.model.family, self.cfg.calib.nsamples))
 
     def calibration(self, pruner) -> dict | None:
@@ -110,8 +115,8 @@ class Run:
     def label(self, pruner) -> str:
         """Pruner label of tables and run ids (e.g. ``sparsellm+keep_best``)."""
         if self.is_dense:
-            return "dense"
-        label = str(getattr(pruner, "label", self.pruner_cfg["name"]))
+            return DENSE.label
+        label = str(pruner.label)
         label = f"{label}+{self.allocation.name}" if self.allocates else label
         return f"{label}+{self.refine.name}" if self.refines else label
 
@@ -204,7 +209,7 @@ def prepare(cfg: DictConfig) -> Run:
     seed = cfg.seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r} is not valid: accepted a whole number such as 0")
-    pruner_cfg = OmegaConf.to_container(cfg.pruner, resolve=True)
+    pruner_cfg = settings(cfg.pruner)  # builder settings: the report's order and colour are not identity
     pattern = SparsityPattern.parse(cfg.sparsity)
     layers = OmegaConf.to_container(cfg.prune.layers) if OmegaConf.is_config(cfg.prune.layers) else cfg.prune.layers
     resolve_layers(layers)  # syntax now; against the block count once the model's config is known
@@ -224,7 +229,7 @@ def prepare(cfg: DictConfig) -> Run:
         from hydra.utils import instantiate
 
         allocation = instantiate(cfg.allocation)
-        if pruner_cfg.get("name") != "dense":
+        if not is_dense(pruner_cfg):
             allocation.check(pattern)
     refine = None
     if cfg.get("refine") is not None:

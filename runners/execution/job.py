@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from eval.calibration import calibration_tokens
@@ -31,6 +30,7 @@ from runners.execution.engine import prune_model
 from runners.execution.identity import Run, data_source_label, prepare, run_id
 from runners.execution.models import load_model, load_tokenizer
 from runners.execution.save import is_saved, model_folder, save_model, wants_model
+from runners.registry import build
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def resolve(cfg: DictConfig):
     """``(run, pruner, key)`` of a configured run, loading nothing; bad settings raise SettingsError."""
     try:
         run = prepare(cfg)
-        pruner = instantiate(cfg.pruner)
+        pruner = build(cfg.pruner)
         return run, pruner, run.key(pruner)
     except (ValueError, InstantiationException) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err

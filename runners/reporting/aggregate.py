@@ -20,7 +20,7 @@ from scipy import stats as scipy_stats
 
 from eval.metrics import PERCENT_NAMES, PPL, WHOLE_RUN
 from runners.reporting.formatting import number
-from runners.reporting.labels import GROUP, VARYING, pruner_order, row_labels, sparsity_order
+from runners.reporting.labels import GROUP, VARYING, dense_rows, pruner_order, row_labels, sparsity_order
 
 # What identifies a configuration: all of it but the seed (which the aggregation averages over).
 IDENTITY = [*GROUP, "pruner", "sparsity", *VARYING]
@@ -79,7 +79,7 @@ def expand_failed(frame: pd.DataFrame, targets: list[tuple[str, str]]) -> pd.Dat
 def _identity(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows with the dense baseline's calibration columns blanked and a ``seed`` column ensured."""
     out = frame.copy()
-    dense = out["pruner"] == "dense"
+    dense = dense_rows(out["pruner"])
     for col in DENSE_BLANK:
         out[col] = out[col].astype(str)
         out.loc[dense, col] = ""
@@ -141,7 +141,7 @@ def paired_differences(frame: pd.DataFrame) -> pd.DataFrame:
     A and B are row labels (the pruner plus whatever else varies, except ``layers``, which is part
     of the pairing key); A comes first in the papers' pruner order. Accuracies are in %.
     """
-    rows = frame[(frame["pruner"] != "dense") & (frame["dataset"] != WHOLE_RUN)]
+    rows = frame[~dense_rows(frame["pruner"]) & (frame["dataset"] != WHOLE_RUN)]
     rows = rows[[is_valid(v, s) for v, s in zip(rows["value"], rows["status"])]].copy()
     if rows.empty:
         return pd.DataFrame(columns=PAIRED_COLUMNS)

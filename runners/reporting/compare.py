@@ -19,7 +19,7 @@ import pandas as pd
 from eval.metrics import WHOLE_RUN
 from runners.reporting.aggregate import aggregate
 from runners.reporting.formatting import number
-from runners.reporting.labels import pruner_order, sparsity_order, sparsity_ratio
+from runners.reporting.labels import is_dense, pruner_order, sparsity_order, sparsity_ratio
 from runners.reporting.tables import Table, sparsity_label
 
 REFERENCE = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
@@ -47,7 +47,7 @@ def load_published(path: str | Path = REFERENCE) -> pd.DataFrame:
 def _protocol(row: pd.Series, no_calibration: frozenset) -> str:
     windows = "all windows" if row["eval_max_windows"] == "all" else f"first {row['eval_max_windows']} windows"
     runs = set(str(row["run_ids"]).split(","))
-    calib = "no calibration" if row["pruner"] == "dense" or runs & no_calibration else \
+    calib = "no calibration" if is_dense(row["pruner"]) or runs & no_calibration else \
         f"calib {row['calib_dataset']} {row['calib_nsamples']}x{row['calib_seqlen']}"
     return f"{row['protocol']}: seqlen {row['eval_seqlen']}, {windows}; {calib}; seeds {row['seeds']}"
 
@@ -64,7 +64,7 @@ def compare(metrics: pd.DataFrame, published: pd.DataFrame, no_calibration=froze
                        & metrics["pruner"].isin(ALIASES.get(ref["pruner"], (ref["pruner"],)))
                        & (metrics["sparsity"] == ref["sparsity"]) & (metrics["metric"] == ref["metric"])
                        & metrics["dataset"].isin([ref["dataset"], WHOLE_RUN])]
-        if ref["pruner"] != "dense":
+        if not is_dense(ref["pruner"]):
             ours = ours[ours["layers"] == ref["layers"]]
         if str(ref["eval_seqlen"]).strip():
             ours = ours[ours["eval_seqlen"].astype(str) == str(int(float(ref["eval_seqlen"])))]
@@ -109,7 +109,7 @@ def nearest_published(metrics: pd.DataFrame, published: pd.DataFrame, limit: int
                   (same[sp & (same["model"] != model)], "same pruner and sparsity, another model"),
                   (other_sp.loc[distance.sort_values(kind="stable").index],
                    "same model and pruner, another sparsity")]
-        ours = f"{model} {pruner} {sparsity}" + ("" if pruner == "dense" else f" layers={layers}")
+        ours = f"{model} {pruner} {sparsity}" + ("" if is_dense(pruner) else f" layers={layers}")
         found = [(why, ref) for frame, why in ranked for _, ref in frame.iterrows()][:limit]
         rows += [{"ours": ours, "nearest because": why, **{k: ref[k] for k in KEY},
                   "eval_seqlen": ref["eval_seqlen"], "published": number(ref["value"]),

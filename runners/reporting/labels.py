@@ -2,11 +2,17 @@
 
 Shared by the tables, the seed aggregation, the plots and the published comparison, so that a
 configuration gets the same label everywhere. Pruner labels are shown as stored (``sparsellm+keep_best``
-stays that, never folded into ``sparsellm``).
+stays that, never folded into ``sparsellm``). A pruner's rank comes from its config (``order``,
+runners/registry.py), sparsity text and ratio from ``SparsityPattern`` (pruners/pattern.py), the
+dense baseline from ``pruners.dense.is_dense``.
 """
 from __future__ import annotations
 
 import pandas as pd
+
+from pruners.dense import is_dense as _is_dense_label
+from pruners.pattern import SparsityPattern
+from runners.registry import order_key
 
 GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
 # Identity columns besides model/protocol/pruner/sparsity: when one varies among the pruned rows it
@@ -16,47 +22,45 @@ VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype",
 DENSE_VARYING = ["dtype", "device", "data_source"]  # what can split the dense baseline
 # Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.
 RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded"}
-PRUNER_ORDER = ["dense", "magnitude", "wanda", "sparsegpt", "ria", "alps", "sparsellm", "sparsellm+keep_best",
-                "sparsellm_released"]
 
 
 def sparsity_label(value: object) -> str:
-    """Canonical sparsity text (``0.5``, ``2:4``, ``0`` for dense) whatever pandas parsed it as."""
+    """Canonical sparsity text (``0.5``, ``2:4``, ``0`` for dense) whatever pandas parsed it as:
+    ``SparsityPattern.label`` of the value (text it cannot parse is kept as it is)."""
     text = str(value).strip()
     try:
-        return f"{float(text):.12g}"  # as SparsityPattern.label: close sparsities never merge
+        return SparsityPattern.parse(float(text) if ":" not in text else text).label
     except ValueError:
         return text
 
 
 def sparsity_ratio(label: str) -> float:
     """Fraction of zeros of a sparsity label: ``0.7`` -> 0.7, ``3:4`` -> 0.75."""
-    if ":" in label:
-        n, m = label.split(":")
-        return int(n) / int(m)
-    return float(label)
+    return SparsityPattern.parse(label).ratio
 
 
 def sparsity_order(label: str) -> tuple:
     """Sort key: unstructured by ratio first, then N:M patterns by ratio."""
-    return (1, sparsity_ratio(label), int(label.split(":")[1])) if ":" in label else (0, float(label), 0)
+    pattern = SparsityPattern.parse(label)
+    return (1, pattern.ratio, pattern.m) if pattern.is_nm else (0, pattern.ratio, 0)
 
 
 def pruner_order(name: str) -> tuple:
-    """Sort key of a row label: dense first, then the methods in the papers' order, then the rest.
-
-    A refined pruner (``wanda+dsnot``) sorts right after its base pruner, so each refinement sits
-    next to the method it refines.
-    """
-    head = name.split(" ")[0]
-    base = head if head in PRUNER_ORDER else head.split("+")[0]
-    rank = PRUNER_ORDER.index(base) if base in PRUNER_ORDER else len(PRUNER_ORDER)
-    return (rank, base != head, head, name)
+    """Sort key of a row label: its pruner's ``order`` (from its config: dense first, then the methods
+    in the papers' order, plugins after the built-ins), each refinement or allocation right after
+    the label it applies to (``wanda+dsnot`` after ``wanda``), then the rest of the row label."""
+    return order_key(name.split(" ")[0]) + (name,)
 
 
 def is_dense(label: str) -> bool:
-    """True for the dense baseline's row label (``dense``, or ``dense device=cuda`` when that varies)."""
-    return label.split(" ")[0] == "dense"
+    """True for the dense baseline's label: a run's ``pruner`` column, or a row label (``dense``, or
+    ``dense device=cuda`` when that varies)."""
+    return _is_dense_label(str(label).split(" ")[0])
+
+
+def dense_rows(labels: pd.Series) -> pd.Series:
+    """Boolean mask of the dense baseline's entries of a column of labels (``is_dense`` per entry)."""
+    return labels.map(is_dense).astype(bool)
 
 
 def _text(value: object) -> str:
@@ -85,13 +89,14 @@ def normalize(metrics: pd.DataFrame) -> pd.DataFrame:
 def row_labels(frame: pd.DataFrame, with_sparsity: bool = False, exclude=()) -> pd.Series:
     """Row label of every metric row: the pruner as stored (and sparsity), plus ``col=value`` for
     each identity column that varies among the pruned rows (``exclude``: columns to leave out)."""
-    pruned, dense = frame[frame["pruner"] != "dense"], frame[frame["pruner"] == "dense"]
+    baseline = dense_rows(frame["pruner"])
+    pruned, dense = frame[~baseline], frame[baseline]
     varying = [c for c in VARYING if c not in exclude and c in frame and pruned[c].astype(str).nunique() > 1]
     dense_varying = [c for c in DENSE_VARYING if c in frame and dense[c].astype(str).nunique() > 1]
 
     def label(r) -> str:
-        if r["pruner"] == "dense":
-            return "dense" + "".join(f" {c}={r[c]}" for c in dense_varying)
+        if is_dense(r["pruner"]):
+            return r["pruner"] + "".join(f" {c}={r[c]}" for c in dense_varying)
         text = r["pruner"] + (f" {r['sparsity']}" if with_sparsity else "")
         return text + "".join(f" {c}={r[c]}" for c in varying)
     return frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=str)

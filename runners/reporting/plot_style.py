@@ -22,25 +22,20 @@ from matplotlib.legend import Legend
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatterSciNotation
 
-from runners.reporting.labels import PRUNER_ORDER
+from runners import registry
 
 PANEL = (3.5, 2.6)  # inches per panel: one column of a two-column paper
 SIZES = {"title": 10.0, "panel": 9.5, "label": 9.0, "tick": 8.5, "legend": 8.5, "note": 8.0}
 MIN_PT = 8.0
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-          "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896"]  # the last ones for plugins and refinements
 # ``layers`` scopes: all blocks solid with circles; the others dashed/dotted with other markers.
 LAYER_STYLES = [("-", "o"), ((0, (5, 2)), "^"), (":", "v"), ("-.", "D")]
 PLAIN_RANGE = (1e-3, 1e5)  # a log axis inside this range is labelled in plain numbers (as the tables)
 
 
 def color(label: str) -> str:
-    """A stable colour per pruner name (the first word of a row label)."""
-    head = label.split(" ")[0]
-    known = len(PRUNER_ORDER) - 1  # the named methods take the first colours, anything else the rest
-    idx = PRUNER_ORDER.index(head) - 1 if head in PRUNER_ORDER[1:] else \
-        known + sum(map(ord, head)) % (len(COLORS) - known)
-    return COLORS[idx % len(COLORS)]
+    """A stable colour per pruner label (the first word of a row label): its pruner config's
+    ``color``, else one from a cycle (runners/registry.py)."""
+    return registry.color(label.split(" ")[0])
 
 
 def layer_styles(values) -> dict:

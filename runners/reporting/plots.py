@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from eval.metrics import ACC, PPL, WHOLE_RUN, ZEROSHOT_MEAN
 from runners.reporting.aggregate import aggregate, expand_failed
 from runners.reporting.formatting import unavailable_everywhere
-from runners.reporting.labels import pruner_order, row_labels, sparsity_order, sparsity_ratio
+from runners.reporting.labels import dense_rows, is_dense, pruner_order, row_labels, sparsity_order, sparsity_ratio
 from runners.reporting.plot_style import SIZES, color, finish, layer_styles, log_y, new_figure, style_axes
 from runners.reporting.plot_style import save  # noqa: F401  (report.py and the notebook call plots.save)
 from runners.reporting.tables import vocab_of
@@ -60,25 +60,26 @@ def _sparsity_lines(ax, rows: pd.DataFrame, log: bool, scale: float = 1.0) -> tu
     once. Returns the legend entries ``(handle, label)`` and the failure lines."""
     has_nm, failed, entries, top = False, [], [], {}  # top: N:M label -> highest point, labelled once
     labels = sorted(rows["row"].unique(), key=pruner_order)
-    pruned = [lb for lb in labels if lb != "dense"]
-    spread = bool((rows.loc[rows["row"] != "dense", "n"] > 1).any())  # any error bar in this panel
-    styles = layer_styles(rows.loc[rows["row"] != "dense", "layers"])
-    ratios = [sparsity_ratio(s) for s in rows.loc[rows["row"] != "dense", "sparsity"]] or [0.5]
+    pruned = [lb for lb in labels if not is_dense(lb)]
+    baseline = dense_rows(rows["row"])
+    spread = bool((rows.loc[~baseline, "n"] > 1).any())  # any error bar in this panel
+    styles = layer_styles(rows.loc[~baseline, "layers"])
+    ratios = [sparsity_ratio(s) for s in rows.loc[~baseline, "sparsity"]] or [0.5]
     for label in labels:
         sub = rows[rows["row"] == label]
         # Error bars of pruners at the same sparsity would overlap: shift each a little sideways.
         dodge = (pruned.index(label) - (len(pruned) - 1) / 2) * DODGE if label in pruned and spread else 0.0
         good, bad = sub[sub["n"] > 0], sub[sub["failed"] != ""]
-        failed += [f"{label}{'' if label == 'dense' else ' ' + r['sparsity']}: "
+        failed += [f"{label}{'' if is_dense(label) else ' ' + r['sparsity']}: "
                    + (f"{r['failed']} (x on the top edge)" if r["n"] == 0 else
                       f"{r['failed']} of {r['runs']} seeds")  # e.g. "1 nan of 3 seeds": the mean is over the rest
                    for _, r in bad.drop_duplicates(["sparsity", "failed"]).iterrows()]
-        if label == "dense":
+        if is_dense(label):
             for _, r in good.iterrows():
                 y = float(r["mean"]) * scale
-                entries.append((ax.axhline(y, color="black", linestyle="--", linewidth=1), "dense"))
+                entries.append((ax.axhline(y, color=color(label), linestyle="--", linewidth=1), label))
                 if r["n"] > 1:
-                    ax.axhspan(y - float(r["std"]) * scale, y + float(r["std"]) * scale, color="black",
+                    ax.axhspan(y - float(r["std"]) * scale, y + float(r["std"]) * scale, color=color(label),
                                alpha=0.08, linewidth=0)
             continue
         linestyle, marker = styles[str(sub["layers"].iloc[0])]

@@ -12,6 +12,7 @@ from pathlib import PurePath
 import pandas as pd
 
 from eval.metrics import ACC, PPL, WHOLE_RUN, ZEROSHOT_MEAN
+from runners.reporting.labels import dense_rows
 
 
 def join(values) -> str:
@@ -121,7 +122,7 @@ def fallback_section(metrics: pd.DataFrame, manifests: dict, fallbacks: pd.DataF
 def protocol_lines(frame: pd.DataFrame, manifests: dict, fallbacks: pd.DataFrame | None = None) -> list[str]:
     """Markdown bullets stating how every number of one model/protocol was obtained."""
     fallbacks = fallbacks if fallbacks is not None else pd.DataFrame(columns=["run_id", "block", "kind", "value"])
-    pruned = frame[frame["pruner"] != "dense"].drop_duplicates("run_id")
+    pruned = frame[~dense_rows(frame["pruner"])].drop_duplicates("run_id")
     first = frame.iloc[0]
     datasets = [d for d in frame.loc[frame["metric"] == PPL.name, "dataset"].unique() if d != WHOLE_RUN]
     windows = "every window" if first["eval_max_windows"] == "all" else f"the first {first['eval_max_windows']} windows"
@@ -144,7 +145,7 @@ def protocol_lines(frame: pd.DataFrame, manifests: dict, fallbacks: pd.DataFrame
         layers = pruned.groupby("layers", sort=True)["pruner"].unique()
         lines.append("- Pruned blocks (`layers`): " + "; ".join(f"`{k}` ({join(p)})" for k, p in layers.items()) + ".")
         lines.append(fallback_line(pruned, manifests, fallbacks))
-    dense = frame[frame["pruner"] == "dense"].drop_duplicates("run_id")
+    dense = frame[dense_rows(frame["pruner"])].drop_duplicates("run_id")
     if not dense.empty:
         seeds = "seed-independent" if (dense["seed"] == "").all() else \
             f"seed {join(sorted(dense['seed'].astype(str), key=lambda s: (len(s), s)))}"

@@ -21,8 +21,8 @@ import pandas as pd
 from eval.metrics import ACC, METRICS, PPL, WHOLE_RUN, ZEROSHOT_MEAN, ZEROSHOT_NAMES
 from runners.reporting.aggregate import aggregate, expand_failed
 from runners.reporting.formatting import COLLAPSED, collapsed_note, dropped_note, is_collapsed, number, unavailable_everywhere
-# GROUP, VARYING, PRUNER_ORDER, normalize, sparsity_ratio: re-exported for code that imported them from here.
-from runners.reporting.labels import (GROUP, PRUNER_ORDER, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
+# GROUP, VARYING, normalize, sparsity_ratio: re-exported for code that imported them from here.
+from runners.reporting.labels import (GROUP, VARYING, is_dense, normalize, pruner_order, row_labels,  # noqa: F401
                      sparsity_label, sparsity_order, sparsity_ratio)
 
 MISSING = "-"
@@ -84,11 +84,11 @@ def ppl_grid(frame: pd.DataFrame, title: str = "Perplexity") -> Table:
     datasets = [d for d in ppl["dataset"].unique() if d != WHOLE_RUN]
     agg = aggregate(expand_failed(ppl, [(ds, PPL.name) for ds in datasets]))  # a failed run fills its row
     agg["row"] = row_labels(agg)
-    pruned = agg[agg["pruner"] != "dense"]
+    pruned = agg[~agg["pruner"].map(is_dense).astype(bool)]
     sparsities = sorted(pruned["sparsity"].unique(), key=sparsity_order) or ["0"]
     entries = {}
     for _, r in agg.iterrows():
-        for sp in sparsities if r["pruner"] == "dense" else [r["sparsity"]]:
+        for sp in sparsities if is_dense(r["pruner"]) else [r["sparsity"]]:
             entries[(r["row"], (sp, r["dataset"]))] = r["stat"]
     rows = sorted(agg["row"].unique(), key=pruner_order)
     vocab, model, source = vocab_of(frame)

@@ -1,0 +1,244 @@
+"""Cost models: what ``plan=true`` (runners/plan.py) and ``make bench-scale`` predict a pruner
+needs to prune one decoder block, from the block's shapes alone (no weights).
+
+A pruner carries its own cost model (``BlockPruner.cost``, see pruners/base.py), written in its
+own module beside the method; a pruner whose ``cost`` is None is "not estimated" by the plan.
+A cost model has three terms per block:
+
+* ``flops(shape, tokens, seqlen)``: the work that grows with the calibration tokens (its passes,
+  statistics, per-token products), run at ``rate`` FLOP/s;
+* ``fixed_seconds(shape)``: the token-independent seconds (mask selection, factorizations);
+* ``working_bytes(shape, tokens)``: the memory it holds beyond the block's weights and the hidden
+  states of the calibration set (the engine's part, priced by the plan).
+
+``rate`` is calibrated from ``make bench`` (runners/bench.py: SmolLM2-135M, 32 x 2048 tokens, 30
+blocks, 70%, one run on the idle 2-core AMD EPYC CPU of 2026-12-03): ``bench_seconds``, the
+measured seconds of the whole pruning stage at the cost model's reference settings
+(``reference()``), less its fixed seconds, over its FLOPs. docs/cost-model.md writes every formula
+out. The shapes (``Shape``) read the block's layout from its model family (core/families.py),
+never from the family's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from core.families import ADAPTERS, FAMILIES, FamilyAdapter
+
+STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 whatever the dtype
+# Bytes per weight of the largest Linear that a scoring method without weight update (magnitude,
+# Wanda, RIA) holds while selecting: 20-21 measured on the LLaMA-2-7B block of `make bench-scale`
+# (peak RSS minus BASE, the block and its hidden states, over the 45M weights of gate/up); the
+# itemized count (4 + 4 + 1 + 4 for magnitude, 4 + 8 + 1 + 4 plus the sort's own buffers for
+# Wanda) is 13-21.
+SELECT_BYTES = 21
+# make bench's setting (runners/bench.py), at which every rate below is calibrated, and its unit
+# T_pass: one pass of those tokens through SmolLM2's 30 blocks, 134.2 s on 2026-12-03.
+BENCH_TOKENS = (32, 2048)
+PASS_SECONDS = 134.2
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A decoder's shapes, from its config.json fields; the block's layout is its family's."""
+    family: str
+    hidden: int
+    ffn: int
+    blocks: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    positions: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, raw: dict, family: str) -> "Shape":
+        """From config.json fields: the MLP width is the family's ``ffn_key`` field, and a field the
+        file leaves out takes the family's config class default (``tie_word_embeddings``). ``family``
+        is a family name or a ``model_type`` of one."""
+        adapter = family_of(family)
+        defaults = type(adapter.tiny_config({}))()
+        hidden, heads = int(raw["hidden_size"]), int(raw.get("num_attention_heads", 1))
+        return cls(family=adapter.family, hidden=hidden, ffn=int(raw[adapter.ffn_key]),
+                   blocks=int(raw["num_hidden_layers"]), heads=heads,
+                   kv_heads=int(raw.get("num_key_value_heads") or heads),
+                   head_dim=int(raw.get("head_dim") or hidden // heads), vocab=int(raw.get("vocab_size", 50272)),
+                   positions=int(raw.get("max_position_embeddings", 2048)),
+                   tied=bool(raw.get("tie_word_embeddings", defaults.tie_word_embeddings)))
+
+    @property
+    def adapter(self) -> FamilyAdapter:
+        return FAMILIES[self.family]
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """``(name, in, out)`` of every Linear of one block, in the family's forward order: the
+        first attention input Linear (q) has every head, the others (k, v) the key/value heads."""
+        h, f, attn, kv = self.hidden, self.ffn, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        widths = {"attn_out": (attn, h), "mlp_in": (h, f), "mlp_out": (f, h)}
+        out = []
+        for role, names in self.adapter.groups:
+            for i, name in enumerate(names):
+                d_in, d_out = (h, attn if i == 0 else kv) if role == "attn_in" else widths[role]
+                out.append((name, d_in, d_out))
+        return out
+
+    def groups(self) -> list[int]:
+        """Input width of each group of Linears sharing one input (one Hessian each)."""
+        linears, widths, i = self.linears(), [], 0
+        for _, names in self.adapter.groups:
+            widths.append(linears[i][1])
+            i += len(names)
+        return widths
+
+    def mlp_linears(self) -> list[tuple[str, int, int]]:
+        """The MLP's Linears (its input Linears, then the down projection)."""
+        mlp = {n for role, names in self.adapter.groups if role.startswith("mlp") for n in names}
+        return [x for x in self.linears() if x[0] in mlp]
+
+    @property
+    def mlp_inputs(self) -> int:
+        """Linears that read the MLP's input: 1 for an ``up -> act -> down`` MLP, 2 with a gate."""
+        return 1 + (self.adapter.mlp.gate is not None)
+
+    @property
+    def block_params(self) -> int:
+        return sum(i * o for _, i, o in self.linears())
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of a learned position table: the family's pre-block modules hold one
+        (``embed_positions``, OPT's: ``max_position_embeddings`` plus its offset of 2) or none
+        (rotary embeddings)."""
+        learned = any(p.rsplit(".", 1)[-1] == "embed_positions" for p in self.adapter.pre_block_paths)
+        return self.positions + 2 if learned else 0
+
+    @property
+    def params(self) -> int:
+        """All weights: blocks, embeddings (and learned positions), the head unless tied."""
+        embed = self.vocab * self.hidden + self.position_rows * self.hidden
+        return self.blocks * self.block_params + embed + (0 if self.tied else self.vocab * self.hidden)
+
+
+def family_of(name: str) -> FamilyAdapter:
+    """The family named ``name``, or the one whose ``model_types`` include it."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    for adapter in ADAPTERS:
+        if name in adapter.model_types:
+            return adapter
+    raise ValueError(f"model family {name!r} is not known: accepted {', '.join(FAMILIES)}")
+
+
+# The model make bench times (SmolLM2-135M), where every rate is calibrated.
+SMOLLM2 = Shape("llama", 576, 1536, 30, 9, 3, 64, 49152, 8192, True)
+
+
+def pass_flops(shape: Shape, tokens: int, seqlen: int) -> float:
+    """One forward of ``tokens`` through one block: 2 x weights per token, plus the attention
+    scores and their weighted sum (2 x seqlen x heads x head_dim each, full square as computed)."""
+    return 2.0 * shape.block_params * tokens + 4.0 * tokens * seqlen * shape.heads * shape.head_dim
+
+
+def _bench_pass_rate() -> float:
+    n, s = BENCH_TOKENS
+    return SMOLLM2.blocks * pass_flops(SMOLLM2, n * s, s) / PASS_SECONDS
+
+
+# FLOP/s of a plain pass of the calibration tokens through a block (evaluation runs at it too).
+PASS_RATE = _bench_pass_rate()
+
+
+class Cost:
+    """A cost model that costs nothing; pruners' cost models override its terms (see module doc).
+
+    The dense baseline's is this one. Subclasses are frozen dataclasses whose fields are the
+    pruner's settings that change its cost (SparseLLM's iterations, its storage dtype)."""
+
+    bench_seconds: float | None = None  # make bench seconds at reference(): calibrates ``rate``
+    bench_target: float | None = None   # make bench's ceiling on its seconds / T_pass (None: none)
+
+    def flops(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        """Token-dependent FLOPs of pruning one block."""
+        return 0.0
+
+    def fixed_seconds(self, shape: Shape) -> float:
+        """Token-independent seconds of pruning one block."""
+        return 0.0
+
+    def working_bytes(self, shape: Shape, tokens: int) -> float:
+        """Memory held for one block beyond the block and its calibration hidden states."""
+        return 0.0
+
+    def reference(self) -> "Cost":
+        """This cost model at the settings make bench measured (its ``rate`` is calibrated there)."""
+        return self
+
+    @property
+    def rate(self) -> float:
+        """FLOP/s of ``flops`` on the reference CPU."""
+        return calibrated_rate(self.reference())
+
+    def seconds(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        """CPU seconds of pruning one block: ``flops`` at ``rate`` plus the fixed seconds."""
+        flops = self.flops(shape, tokens, seqlen)
+        return (flops / self.rate if flops else 0.0) + self.fixed_seconds(shape)
+
+
+@lru_cache(maxsize=None)
+def calibrated_rate(cost: Cost) -> float:
+    """FLOP/s of ``cost``'s token-dependent work: its FLOPs on make bench's run (SmolLM2, 32 x 2048,
+    30 blocks) over the measured ``bench_seconds`` less its fixed seconds there (a cost model
+    without a measurement runs at the pass rate)."""
+    if cost.bench_seconds is None:
+        return PASS_RATE
+    n, s = BENCH_TOKENS
+    blocks = SMOLLM2.blocks
+    own = cost.bench_seconds - blocks * cost.fixed_seconds(SMOLLM2)
+    return blocks * cost.flops(SMOLLM2, n * s, s) / own
+
+
+NO_COST = Cost()
+
+
+class RefineCost:
+    """What a refinement (pruners/refine.py) adds to its pruner's cost per block; this one adds
+    nothing (``refine=none``)."""
+
+    bench_pruner: str | None = None    # the pruner make bench measured it after (None: not measured)
+    bench_target: float | None = None  # make bench's ceiling on <bench_pruner>+<it>'s seconds / T_pass
+
+    def seconds(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        """Seconds added to pruning one block."""
+        return 0.0
+
+    def working_bytes(self, shape: Shape, tokens: int, weight_bytes: int, pruner_bytes: float) -> float:
+        """Memory of pruner and refinement together for one block, given the pruner's own."""
+        return pruner_bytes
+
+
+@dataclass(frozen=True)
+class SelectionCost(Cost):
+    """A scoring method without weight update (magnitude, Wanda, RIA): ``passes`` passes of the
+    calibration tokens per block (dense with statistics, then pruned), and the mask selection:
+    ``seconds_per_weight`` (the fitted fixed part of `make bench-scale`) and ``SELECT_BYTES`` per
+    weight of the largest Linear (its float32 scores, the selection's temporaries, the mask, the
+    pruned copy)."""
+
+    seconds_per_weight: float
+    passes: int = 2
+    bench_seconds: float | None = None
+    bench_target: float | None = None
+
+    def flops(self, shape: Shape, tokens: int, seqlen: int) -> float:
+        return self.passes * pass_flops(shape, tokens, seqlen) if self.passes else 0.0
+
+    def fixed_seconds(self, shape: Shape) -> float:
+        return self.seconds_per_weight * shape.block_params
+
+    def working_bytes(self, shape: Shape, tokens: int) -> float:
+        return max(i * o for _, i, o in shape.linears()) * SELECT_BYTES
+
+
+__all__ = ["BENCH_TOKENS", "Cost", "NO_COST", "PASS_RATE", "PASS_SECONDS", "RefineCost", "SELECT_BYTES", "SMOLLM2", "STAT_BYTES",
+           "SelectionCost", "Shape", "calibrated_rate", "family_of", "pass_flops"]
