@@ -64,6 +64,8 @@ class FamilyAdapter:
     tiny_tokenizer: str | None = None             # "smollm2" (the embedded one) or "gpt2"
     # Fused Linears split into the matrices they stand for: name -> ((part, rows), ...), in row order.
     parts: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    # Rows of a learned position table beyond max_position_embeddings (OPT: 2); None: rotary, no table.
+    position_offset: int | None = None
 
     @property
     def tiny_vocab(self) -> int:
@@ -143,6 +145,7 @@ OPT = FamilyAdapter(
     ),
     mlp=MlpSpec(kind="relu", up="fc1", down="fc2"),
     ffn_key="ffn_dim",
+    position_offset=2,
     tiny_config=_tiny_opt,
     tiny_tokenizer="gpt2",
 )

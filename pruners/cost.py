@@ -57,7 +57,7 @@ class Shape:
         """From config.json fields: the MLP width is the family's ``ffn_key`` field, and a field the
         file leaves out takes the family's config class default (``tie_word_embeddings``). ``family``
         is a family name or a ``model_type`` of one."""
-        adapter = family_of(family)
+        adapter = family_of(family if family in FAMILIES else raw.get("model_type"))
         defaults = type(adapter.tiny_config({}))()
         hidden, heads = int(raw["hidden_size"]), int(raw.get("num_attention_heads", 1))
         return cls(family=adapter.family, hidden=hidden, ffn=int(raw[adapter.ffn_key]),
@@ -108,10 +108,10 @@ class Shape:
     @property
     def position_rows(self) -> int:
         """Rows of a learned position table: the family's pre-block modules hold one
-        (``embed_positions``, OPT's: ``max_position_embeddings`` plus its offset of 2) or none
+        (OPT's ``embed_positions``: ``max_position_embeddings`` plus its offset of 2) or none
         (rotary embeddings)."""
-        learned = any(p.rsplit(".", 1)[-1] == "embed_positions" for p in self.adapter.pre_block_paths)
-        return self.positions + 2 if learned else 0
+        offset = self.adapter.position_offset
+        return 0 if offset is None else self.positions + offset
 
     @property
     def params(self) -> int:
@@ -120,14 +120,17 @@ class Shape:
         return self.blocks * self.block_params + embed + (0 if self.tied else self.vocab * self.hidden)
 
 
-def family_of(name: str) -> FamilyAdapter:
-    """The family named ``name``, or the one whose ``model_types`` include it."""
+def family_of(name: str | None) -> FamilyAdapter:
+    """The family named ``name``, or the one whose ``model_types`` include it. Any other model
+    (found by structure, core/structure.py) is priced with the LLaMA block layout: q/k/v, o,
+    gate/up, down have the shapes of Gemma's and Phi-3's matrices (Phi-3's fused ones are their
+    parts stacked)."""
     if name in FAMILIES:
         return FAMILIES[name]
     for adapter in ADAPTERS:
         if name in adapter.model_types:
             return adapter
-    raise ValueError(f"model family {name!r} is not known: accepted {', '.join(FAMILIES)}")
+    return FAMILIES["llama"]
 
 
 # The model make bench times (SmolLM2-135M), where every rate is calibrated.

@@ -19,6 +19,7 @@ from core.walk import BlockInputs, capture, final_hidden, head_logits
 from eval.blockwise import blockwise_window_losses
 from eval.perplexity import token_losses, window_losses
 from pruners.pattern import SparsityPattern
+from runners import registry
 from runners.cli import CONF
 from runners.execution.engine import prune_model
 
@@ -127,7 +128,7 @@ def _pruner(name: str):
         overrides.append("pruner.max_iter=30")  # ALPS's ADMM to 30 iterations: the same code path, a tenth of the time
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    return instantiate(cfg.pruner), (instantiate(cfg.refine) if name.endswith("+dsnot") else None)
+    return registry.build(cfg.pruner), (instantiate(cfg.refine) if name.endswith("+dsnot") else None)
 
 
 PRUNERS = ["magnitude", "wanda", "sparsegpt", "ria", "alps", "wanda+dsnot"]
