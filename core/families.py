@@ -177,13 +177,19 @@ def family_named(name: str | None, setting: str = "model.family") -> FamilyAdapt
     return FAMILIES[name]
 
 
+def declared(name: str | None) -> FamilyAdapter | None:
+    """The declared family named ``name`` or whose ``model_types`` include it; None: none is."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    return next((a for a in ADAPTERS if name in a.model_types), None)
+
+
 def adapter_for(model: nn.Module) -> FamilyAdapter:
     """The adapter for a loaded Hugging Face causal LM: the declared family of its
     ``config.model_type``, else one found from its structure (kept on the model, found once)."""
-    model_type = getattr(model.config, "model_type", None)
-    for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
-            return adapter
+    known = declared(getattr(model.config, "model_type", None))
+    if known is not None:
+        return known
     found = getattr(model, "_llm_prune_family", None)
     if found is None:
         from .structure import discover

@@ -13,7 +13,7 @@ methods (SparseLLM) implement ``prune_block`` themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -92,6 +92,8 @@ class BlockPruner(Protocol):
     ``needs_calibration`` says whether it reads calibration data (without, and without a
     refinement or allocation that does, the engine runs no calibration pass); ``cost`` is its
     cost model (``pruners/cost.py``), or None: ``plan=true`` then says "not estimated".
+    ``mlp_kinds`` names the MLP layouts (``MlpSpec.kind``) a method that optimizes the MLP as a
+    whole needs, so a model of another family is refused before it loads; None: any model.
     ``PerLinearPruner`` and ``PrunerDefaults`` give the usual values."""
 
     name: str
@@ -99,6 +101,7 @@ class BlockPruner(Protocol):
     calib_nsamples: Mapping[str, int] | None
     needs_calibration: bool
     cost: Cost | None
+    mlp_kinds: Collection[str] | None
 
     def prune_block(self, block: BlockContext) -> None:
         """Prune ``block.linears`` in place to ``block.pattern``."""
@@ -110,6 +113,7 @@ class PrunerDefaults:
 
     calib_nsamples: Mapping[str, int] | None = None
     cost: Cost | None = None
+    mlp_kinds: Collection[str] | None = None
 
     @property
     def label(self) -> str:
@@ -149,6 +153,7 @@ class PerLinearPruner:
     sequential: bool = False
     cost: Cost | None = None
     calib_nsamples: Mapping[str, int] | None = None
+    mlp_kinds: Collection[str] | None = None
 
     @property
     def label(self) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from core.families import ADAPTERS, FAMILIES, FamilyAdapter
+from core.families import FAMILIES, FamilyAdapter, declared
 
 STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 whatever the dtype
 # Bytes per weight of the largest Linear that a scoring method without weight update (magnitude,
@@ -121,16 +121,11 @@ class Shape:
 
 
 def family_of(name: str | None) -> FamilyAdapter:
-    """The family named ``name``, or the one whose ``model_types`` include it. Any other model
+    """The declared family named ``name`` or whose ``model_types`` include it. Any other model
     (found by structure, core/structure.py) is priced with the LLaMA block layout: q/k/v, o,
     gate/up, down have the shapes of Gemma's and Phi-3's matrices (Phi-3's fused ones are their
     parts stacked)."""
-    if name in FAMILIES:
-        return FAMILIES[name]
-    for adapter in ADAPTERS:
-        if name in adapter.model_types:
-            return adapter
-    return FAMILIES["llama"]
+    return declared(name) or FAMILIES["llama"]
 
 
 # The model make bench times (SmolLM2-135M), where every rate is calibrated.

@@ -11,7 +11,7 @@ one test for it, whatever form it comes in (the pruner, its config, its label in
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from .cost import NO_COST, Cost
@@ -25,6 +25,7 @@ class DensePruner:
     needs_calibration: bool = False
     calib_nsamples: Mapping[str, int] | None = None
     cost: Cost | None = field(default=NO_COST)
+    mlp_kinds: Collection[str] | None = None
 
     @property
     def label(self) -> str:

@@ -146,6 +146,11 @@ class SparseLLMSettings(PrunerDefaults):
     family_defaults: dict = field(default_factory=lambda: _copy(FAMILY_DEFAULTS))
     needs_calibration: bool = True
 
+    @property
+    def mlp_kinds(self) -> tuple[str, ...]:
+        """The MLP layouts it optimizes: those it has penalties for (relu, gated_silu)."""
+        return tuple(self.family_defaults)
+
     def hyperparameters(self, kind: str) -> dict[str, float]:
         """alpha, beta, gamma for an MLP kind: explicit values win over the family's defaults."""
         if kind not in self.family_defaults:

@@ -37,7 +37,7 @@ from pruners.pattern import SparsityPattern
 
 from runners.cli import CONF, first_point, sweep_points
 from runners.registry import PRESENTATION, settings
-from core.families import family_named
+from core.families import ADAPTERS, declared, family_named
 from core.structure import refusal
 from core.layers import resolve_layers
 
@@ -293,9 +293,28 @@ def check_config(cfg: DictConfig) -> None:
     check_keys(cfg)
     check_pruner(cfg)
     check_allocation(cfg)
-    run, _pruner, _key = resolve(cfg)
+    run, pruner, _key = resolve(cfg)
     check_shapes(cfg, run)
+    check_family(cfg, pruner)
     check_files(cfg)
+
+
+def check_family(cfg: DictConfig, pruner) -> None:
+    """A pruner that optimizes a declared MLP layout (SparseLLM) against the model's family: a
+    model found by structure, or one of another layout, is refused before it loads."""
+    kinds = pruner.mlp_kinds
+    if kinds is None:
+        return
+    shape = model_shape(cfg) or {}
+    family = declared(cfg.model.family) or declared(shape.get("model_type"))
+    if family is None and not shape:
+        return  # a hub id not seen yet: its family is known once it loads
+    if family is None or family.mlp is None or family.mlp.kind not in kinds:
+        what = f"the {family.family} family's {family.mlp.kind} MLP" if family and family.mlp else \
+            f"model_type={shape.get('model_type')!r} (found by structure, no declared MLP layout)"
+        raise Invalid(f"pruner={pruner.label} optimizes a declared MLP layout and model={cfg.model.name} has "
+                      f"{what}: accepted models of the families "
+                      f"{', '.join(f'{a.family} ({a.mlp.kind})' for a in ADAPTERS if a.mlp and a.mlp.kind in kinds)}")
 
 
 def _one_line(err: BaseException, point: list[str] | None = None) -> str:

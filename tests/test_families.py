@@ -282,3 +282,16 @@ def test_preset_shapes_count_the_weights_transformers_builds(preset):
     block = net.model.layers[0]
     assert shape.block_params == sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
     assert refusal(raw) is None
+
+
+@pytest.mark.parametrize("pruner_name", ["sparsellm", "sparsellm_released"])
+def test_sparsellm_is_refused_up_front_for_a_family_without_a_declared_mlp(tmp_path, pruner_name):
+    """Validation (nothing loads) refuses SparseLLM on Gemma-3 (a preset) and on a Phi-3 folder,
+    naming what it supports; a LLaMA-family preset passes."""
+    from runners.validate import check_command_line
+
+    Phi3Config(**{**COMMON, "max_position_embeddings": 4096}).save_pretrained(tmp_path)
+    for model in (["model=gemma-3-4b"], ["model=hub", f"model.name_or_path={tmp_path}"]):
+        problem = check_command_line([*model, f"pruner={pruner_name}", "sparsity=0.5"])
+        assert problem is not None and "declared MLP layout" in problem and "llama (gated_silu)" in problem, problem
+    assert check_command_line(["model=qwen3-8b", f"pruner={pruner_name}", "sparsity=0.5"]) is None

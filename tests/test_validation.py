@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+import runners.execution.job  # noqa: F401  (imported before the fixture patches load_model, so job keeps the real one)
 import runners.execution.models
 from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir
