@@ -180,17 +180,20 @@ def final_hidden(model: nn.Module, family: FamilyAdapter, tokens: torch.Tensor, 
 
 
 @torch.no_grad()
-def head_logits(model: nn.Module, family: FamilyAdapter, hidden: torch.Tensor, tokens: torch.Tensor,
-                device: str) -> torch.Tensor:
-    """Logits of ``tokens`` from the final hidden states ``hidden`` of their blocks, computed by
-    the model's own forward with every block replaced (the last returns ``hidden``): the model's
-    final norm, projections, ``lm_head`` and logit soft-cap apply exactly as in a whole forward."""
-    last = len(family.blocks(model)) - 1
+def head_logits(model: nn.Module, family: FamilyAdapter, hidden: list[torch.Tensor], tokens: list[torch.Tensor],
+                device: str) -> Iterator[torch.Tensor]:
+    """Logits of each batch of ``tokens`` from the final hidden states ``hidden`` of its blocks,
+    computed by the model's own forward with every block replaced (the last returns the batch's
+    hidden states): the model's final norm, projections, ``lm_head`` and logit soft-cap apply
+    exactly as in a whole forward. The modules outside the blocks move to ``device`` once."""
+    last, current = len(family.blocks(model)) - 1, [None]
 
     def replaced(index: int):
         def forward(*args, **kwargs):
-            return hidden if index == last else (args[0] if args else kwargs["hidden_states"])
+            return current[0] if index == last else (args[0] if args else kwargs["hidden_states"])
         return forward
 
     with _blocks_replaced(model, family, replaced, device):
-        return model(input_ids=tokens.to(device), use_cache=False).logits
+        for states, ids in zip(hidden, tokens):
+            current[0] = states.to(device)
+            yield model(input_ids=ids.to(device), use_cache=False).logits

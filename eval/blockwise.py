@@ -68,10 +68,9 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
     """
     family = adapter_for(model)
     states = final_hidden(model, family, batches, device, batch_size, offload=True)
-    losses = []
-    for start, hidden in zip(range(0, len(batches), batch_size), states.hidden):
-        x = batches[start : start + batch_size]
-        losses.append(token_losses(head_logits(model, family, hidden.to(device), x, device), x.to(device)))
+    windows = [batches[start : start + batch_size] for start in range(0, len(batches), batch_size)]
+    losses = [token_losses(logits, x.to(device))
+              for logits, x in zip(head_logits(model, family, states.hidden, windows, device), windows)]
     return torch.cat(losses)
 
 

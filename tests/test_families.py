@@ -91,8 +91,8 @@ def test_gemma3_full_attention_blocks_get_a_full_mask_and_their_own_rotary_table
     wrong = BlockInputs(list(inputs.hidden), [inputs.calls[0]] * len(inputs.calls))
     for i, block in enumerate(family.blocks(model)):
         wrong.advance([block(b.hidden, *b.args, **b.kwargs) for b in wrong.batches(i)])
-    good = token_losses(head_logits(model, family, right.hidden[0], x, "cpu"), x)
-    bad = token_losses(head_logits(model, family, wrong.hidden[0], x, "cpu"), x)
+    good = token_losses(list(head_logits(model, family, right.hidden, [x], "cpu"))[0], x)
+    bad = token_losses(list(head_logits(model, family, wrong.hidden, [x], "cpu"))[0], x)
     assert not torch.allclose(good, bad, rtol=1e-4, atol=0)
 
 

@@ -299,4 +299,4 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
 def forward_logits(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor, device: str) -> torch.Tensor:
     """Logits computed block by block through the engine's own walk (used to test the walk)."""
     inputs = final_hidden(model, adapter, tokens, device, batch_size=len(tokens))
-    return head_logits(model, adapter, inputs.hidden[0], tokens, device)
+    return list(head_logits(model, adapter, inputs.hidden, [tokens], device))[0]
