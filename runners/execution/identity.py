@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.blockwise import check_setting as check_blockwise
 from eval.calibration import calibration_source
 from eval.datasets import check_dataset_names, eval_source
+from eval.perplexity import check_bos, resolve_bos
 from pruners.pattern import SparsityPattern
 
 from runners.execution.engine import resolve_layers
@@ -79,6 +80,12 @@ class Run:
         return self.pruner_cfg["name"] == "dense"
 
     @property
+    def bos(self) -> bool:
+        """Whether perplexity windows are read after the BOS token: ``eval.bos``, or with ``auto``
+        the model preset's ``model.bos`` (eval/perplexity.py)."""
+        return resolve_bos(self.cfg.eval.get("bos", "auto"), self.model.bos)
+
+    @property
     def device_kind(self) -> str:
         """``cpu`` or ``cuda`` (the index does not change a number)."""
         return self.device.split(":")[0]
@@ -120,6 +127,11 @@ class Run:
         # Block-by-block perplexity equals the whole-model forward to 1e-5 relative (tested), so
         # it is a way of computing, not a setting of the number: runs stay shared across it.
         ev.pop("blockwise", None)
+        # The BOS convention enters only when it is on: without it the windows are the original
+        # protocol's, so every run id stored before eval.bos existed stays the same.
+        ev.pop("bos", None)
+        if self.bos:
+            ev["bos"] = True
         ev["sources"] = {name: _content(src) for name, src in self.eval_sources.items()}
         model = {"name": self.model.name, "source": self.model.source, "path": self.model.name_or_path,
                  "family": self.model.family, "dtype": self.dtype, "tiny": self.model.tiny}
@@ -191,6 +203,7 @@ def prepare(cfg: DictConfig) -> Run:
     resolve_layers(layers)  # syntax now; against the block count once the model's config is known
     names = check_dataset_names(cfg.eval.datasets)
     check_blockwise(cfg.eval.get("blockwise", "auto"))
+    check_bos(cfg.eval.get("bos", "auto"))
     model = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
     device = _device(cfg.device)
     local_dir = cfg.data.local_dir
