@@ -16,7 +16,7 @@ from torch import nn
 from core.families import adapter_for
 from core.walk import final_hidden, head_logits
 
-from .perplexity import ppl_from_losses, token_losses, windows
+from .perplexity import exp_mean, labeled_windows, next_token_losses
 
 SETTINGS = ("auto", "true", "false")
 
@@ -60,24 +60,28 @@ def use_blockwise(setting, model: nn.Module, device: str) -> bool:
 
 @torch.no_grad()
 def blockwise_window_losses(model: nn.Module, batches: torch.Tensor, device: str,
-                            batch_size: int = 1) -> torch.Tensor:
-    """Mean next-token cross-entropy of every window (float32), one block on ``device`` at a time.
+                            batch_size: int = 1, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of every window (float32), one block on ``device`` at a time;
+    ``labels`` as ``eval.perplexity.window_losses`` (None: every next token).
 
     Hidden states between blocks are kept on the CPU so the device holds one block and one
     batch's activations; the model ends on the CPU.
     """
     family = adapter_for(model)
+    labels = batches if labels is None else labels
     states = final_hidden(model, family, batches, device, batch_size, offload=True)
-    windows = [batches[start : start + batch_size] for start in range(0, len(batches), batch_size)]
-    losses = [token_losses(logits, x.to(device))
-              for logits, x in zip(head_logits(model, family, states.hidden, windows, device), windows)]
+    starts = range(0, len(batches), batch_size)
+    windows = [batches[start : start + batch_size] for start in starts]
+    losses = [next_token_losses(logits, labels[start : start + batch_size]).cpu()
+              for logits, start in zip(head_logits(model, family, states.hidden, windows, device), starts)]
     return torch.cat(losses)
 
 
 def blockwise_perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, device: str,
-                         max_windows: int | None = None, batch_size: int = 1) -> float:
-    """Perplexity of ``model`` on token ids (1 x n), block by block; same windows as ``perplexity``."""
-    return ppl_from_losses(blockwise_window_losses(model, windows(ids, seqlen, max_windows), device, batch_size))
+                         max_windows: int | None = None, batch_size: int = 1, bos: int | None = None) -> float:
+    """Perplexity of ``model`` on token ids (1 x n), block by block; same windows (and ``bos``) as ``perplexity``."""
+    inputs, labels = labeled_windows(ids, seqlen, max_windows, bos)
+    return exp_mean(blockwise_window_losses(model, inputs, device, batch_size, labels))
 
 
 def offload_device_map(model: nn.Module, device_bytes: int, host_bytes: int) -> dict:

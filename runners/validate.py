@@ -68,6 +68,10 @@ def _blockwise(value):
     return None if isinstance(value, bool) or value == "auto" else "auto, true or false"
 
 
+def _bos(value):
+    return None if isinstance(value, bool) or value == "auto" else "auto, true or false"
+
+
 def _names(value):
     if not isinstance(value, (list, ListConfig)) or not value:
         return "a non-empty list such as [wikitext2,ptb]"
@@ -106,6 +110,7 @@ CHECKS = {
     "eval.max_windows": _int(1, nullable=True),
     "eval.batch_size": _int(1),
     "eval.blockwise": _blockwise,
+    "eval.bos": _bos,
     "eval.datasets": _names,
     "eval.zeroshot.tasks": _tasks,
     "eval.zeroshot.limit": _limit,
@@ -115,6 +120,7 @@ CHECKS = {
     "save.model": _bool,
     "save.dir": _str_or_null,
     "model.name_or_path": _str_or_null,
+    "model.bos": _bool,
 }
 
 
@@ -216,9 +222,12 @@ def check_shapes(cfg: DictConfig, run) -> None:
         raise Invalid(f"model={cfg.model.name}: {problem}")
     positions = shape.get("max_position_embeddings")
     for key in ("calib.seqlen", "eval.seqlen"):
-        if positions and _select(cfg, key) > positions:
-            raise Invalid(f"{key}={_select(cfg, key)} is longer than {cfg.model.name}'s {positions} positions: "
-                          f"accepted 2..{positions}")
+        # With eval.bos every window is read after the BOS: one position more.
+        extra = 1 if key == "eval.seqlen" and run.bos else 0
+        if positions and _select(cfg, key) + extra > positions:
+            after = " after the BOS (eval.bos)" if extra else ""
+            raise Invalid(f"{key}={_select(cfg, key)}{after} is longer than {cfg.model.name}'s {positions} positions: "
+                          f"accepted 2..{positions - extra}")
     if not run.is_dense and run.pattern.is_nm:
         for what, width in linear_input_widths(shape).items():
             if width and width % run.pattern.m:

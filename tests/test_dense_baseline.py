@@ -31,7 +31,7 @@ BEFORE_VALUES = {  # (run id, dataset) -> perplexity, as stored at ab3167b
 BEFORE_SWEEP = ["model=tiny-llama", "protocol=smoke", "sparsity=0.5", "eval.datasets=[wikitext2,ptb]", "device=cpu"]
 needs_data = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 TINY = ["model=tiny-llama", "protocol=smoke", "eval.datasets=[wikitext2]", "device=cpu"]
-DENSE_PRUNER = {"_target_": "pruners.dense.build", "name": "dense"}
+DENSE_PRUNER = {"_target_": "pruners.dense.build", "name": "dense", "order": 0, "color": "black"}  # conf/pruner/dense.yaml
 
 
 def _cfg(*overrides, data=None):

@@ -17,7 +17,7 @@ from core.families import adapter_for
 from core.structure import refusal
 from core.walk import BlockInputs, capture, final_hidden, head_logits
 from eval.blockwise import blockwise_window_losses
-from eval.perplexity import token_losses, window_losses
+from eval.perplexity import next_token_losses, window_losses
 from pruners.pattern import SparsityPattern
 from runners import registry
 from runners.cli import CONF
@@ -91,8 +91,8 @@ def test_gemma3_full_attention_blocks_get_a_full_mask_and_their_own_rotary_table
     wrong = BlockInputs(list(inputs.hidden), [inputs.calls[0]] * len(inputs.calls))
     for i, block in enumerate(family.blocks(model)):
         wrong.advance([block(b.hidden, *b.args, **b.kwargs) for b in wrong.batches(i)])
-    good = token_losses(list(head_logits(model, family, right.hidden, [x], "cpu"))[0], x)
-    bad = token_losses(list(head_logits(model, family, wrong.hidden, [x], "cpu"))[0], x)
+    good = next_token_losses(list(head_logits(model, family, right.hidden, [x], "cpu"))[0], x)
+    bad = next_token_losses(list(head_logits(model, family, wrong.hidden, [x], "cpu"))[0], x)
     assert not torch.allclose(good, bad, rtol=1e-4, atol=0)
 
 

@@ -26,6 +26,7 @@ from eval.datasets import check_dataset_names, eval_source
 from pruners.allocation import allocates
 from pruners.base import needs_calibration
 from pruners.dense import DENSE, is_dense
+from eval.perplexity import check_bos, resolve_bos
 from pruners.pattern import SparsityPattern
 from pruners.refine import refines
 
@@ -86,6 +87,12 @@ class Run:
         return is_dense(self.pruner_cfg)
 
     @property
+    def bos(self) -> bool:
+        """Whether perplexity windows are read after the BOS token: ``eval.bos``, or with ``auto``
+        the model preset's ``model.bos`` (eval/perplexity.py)."""
+        return resolve_bos(self.cfg.eval.get("bos", "auto"), self.model.bos)
+
+    @property
     def device_kind(self) -> str:
         """``cpu`` or ``cuda`` (the index does not change a number)."""
         return self.device.split(":")[0]
@@ -127,6 +134,11 @@ class Run:
         # Block-by-block perplexity equals the whole-model forward to 1e-5 relative (tested), so
         # it is a way of computing, not a setting of the number: runs stay shared across it.
         ev.pop("blockwise", None)
+        # The BOS convention enters only when it is on: without it the windows are the original
+        # protocol's, so every run id stored before eval.bos existed stays the same.
+        ev.pop("bos", None)
+        if self.bos:
+            ev["bos"] = True
         ev["sources"] = {name: _content(src) for name, src in self.eval_sources.items()}
         model = {"name": self.model.name, "source": self.model.source, "path": self.model.name_or_path,
                  "family": self.model.family, "dtype": self.dtype, "tiny": self.model.tiny}
@@ -215,6 +227,7 @@ def prepare(cfg: DictConfig) -> Run:
     resolve_layers(layers)  # syntax now; against the block count once the model's config is known
     names = check_dataset_names(cfg.eval.datasets)
     check_blockwise(cfg.eval.get("blockwise", "auto"))
+    check_bos(cfg.eval.get("bos", "auto"))
     model = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
     device = _device(cfg.device)
     local_dir = cfg.data.local_dir

@@ -35,7 +35,7 @@ from runners.registry import build
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["run_id", "model", "pruner", "sparsity", "layers", "protocol", "calib_dataset", "calib_nsamples",
-                  "calib_seqlen", "eval_seqlen", "eval_max_windows", "seed", "dtype", "device", "data_source",
+                  "calib_seqlen", "eval_seqlen", "eval_max_windows", "eval_bos", "seed", "dtype", "device", "data_source",
                   "dataset", "metric", "value", "status", "message"]
 LAYER_COLUMNS = ["block", "name", "shape", "zeros", "numel", "sparsity", "seconds"]
 BLOCK_COLUMNS = ["block", "metric", "step", "value"]
@@ -48,7 +48,8 @@ def _rows(run: Run, key: dict, rid: str, results: list[dict]) -> list[dict]:
             "layers": key["layers"], "protocol": c.get("protocol_name", "custom"),
             "calib_dataset": calib.get("dataset", c.calib.dataset),
             "calib_nsamples": calib.get("nsamples", c.calib.nsamples), "calib_seqlen": c.calib.seqlen,
-            "eval_seqlen": c.eval.seqlen, "eval_max_windows": c.eval.max_windows, "seed": key["seed"],
+            "eval_seqlen": c.eval.seqlen, "eval_max_windows": c.eval.max_windows, "eval_bos": run.bos,
+            "seed": key["seed"],
             "dtype": run.dtype, "device": run.device_kind, "data_source": data_source_label(run)}
     return [{**base, **r} for r in results]
 
@@ -61,6 +62,12 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
         log.info("perplexity block by block (eval.blockwise=%s): the weights stay in CPU memory", c.eval.get("blockwise"))
     else:
         model.to(run.device)
+    bos = None
+    if run.bos:  # eval.bos: every perplexity window read after the BOS (eval/perplexity.py)
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            raise ValueError(f"eval.bos=true but the tokenizer of {run.model.name} has no BOS token: "
+                             "accepted eval.bos=false for this model")
     for name in c.eval.datasets:
         try:
             ids = eval_tokens(name, tokenizer, c.data.local_dir, c.eval.seqlen, c.cache_dir)
@@ -70,10 +77,11 @@ def evaluate(model, tokenizer, run: Run) -> list[dict]:
                          "message": str(err)})
             continue
         if blockwise:
-            ppl = blockwise_perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size)
+            ppl = blockwise_perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size,
+                                       bos=bos)
         else:
             ppl = perplexity(model, ids, c.eval.seqlen, run.device, c.eval.max_windows, c.eval.batch_size,
-                             f"{name} perplexity")
+                             f"{name} perplexity", bos=bos)
         status = "ok" if math.isfinite(ppl) else "nan"
         log.info("%s perplexity %.4g", name, ppl)
         rows.append({"dataset": name, "metric": PPL.name, "value": ppl, "status": status, "message": ""})
@@ -255,12 +263,12 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
         model, tokenizer = load_model(run.model, device=run.device, cache_dir=cfg.cache_dir,
                                       local_dir=cfg.data.local_dir, seed=int(cfg.seed), tokenizer=tokenizer)
         times["load"] = time.perf_counter() - start
-        adapter = adapter_for(model)
-        if run.is_dense:
+        if run.is_dense:  # evaluation only: needs no family adapter
             return _write_dense(run, model, tokenizer, claimed=True)
         dense = run.dense()
         outcome["dense"] = {"run_id": run_id(dense.key(None)), "status": _write_dense(dense, model, tokenizer)}
         model.to("cpu")
+        adapter = adapter_for(model)
         layers = resolve_layers(run.layers, len(adapter.blocks(model)))
         start = time.perf_counter()
         with provenance.PeakMemory(run.device) as mem:

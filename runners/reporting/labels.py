@@ -18,10 +18,12 @@ GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
 # Identity columns besides model/protocol/pruner/sparsity: when one varies among the pruned rows it
 # splits them and appears in the row label (``wanda layers=first_half``). ``seed`` is not one of
 # them: the report aggregates over seeds instead (runners/reporting/aggregate.py).
-VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source"]
-DENSE_VARYING = ["dtype", "device", "data_source"]  # what can split the dense baseline
+VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source", "eval_bos"]
+DENSE_VARYING = ["dtype", "device", "data_source", "eval_bos"]  # what can split the dense baseline
 # Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.
-RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded"}
+# eval_bos (perplexity windows read after the BOS, eval.bos) is the exception: every run before it
+# was recorded read none, exactly as eval_bos=False does, so those rows read False and stay together.
+RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded", "eval_bos": "False"}
 
 
 def sparsity_label(value: object) -> str:
@@ -72,7 +74,7 @@ def _text(value: object) -> str:
 
 def normalize(metrics: pd.DataFrame) -> pd.DataFrame:
     """Metric rows with canonical text for sparsity/layers/status/identity columns, ``all`` for
-    unlimited windows, and the columns older stores lack (``dtype``, ``device``, ``data_source``)."""
+    unlimited windows, and the columns older stores lack (``dtype``, ``device``, ``data_source``, ``eval_bos``)."""
     out = metrics.copy()
     out["sparsity"] = out["sparsity"].map(sparsity_label)
     for col, missing in RECENT.items():
