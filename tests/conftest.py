@@ -55,6 +55,22 @@ TINY = {
 }
 
 
+def broken_model_folder(folder: Path) -> Path:
+    """A folder that passes validation as a model folder (a tiny OPT config.json and a weights
+    file) but cannot load (neither its tokenizer nor its weights file can be read): a run on it
+    ends ``error``."""
+    import json
+
+    from core.families import family_named
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = family_named("opt").tiny_config(dict(TINY["tiny-opt"].tiny)).to_dict()
+    (folder / "config.json").write_text(json.dumps(config, default=str))
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "tokenizer.json").write_text("not a tokenizer")
+    return folder
+
+
 def tiny_model(name: str, seed: int = 0):
     """A fresh seeded tiny model (no tokenizer)."""
     from runners.execution.models import _tiny_model

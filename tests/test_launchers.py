@@ -15,7 +15,7 @@ from runners import launchers
 from runners.cli import CONF
 from runners.execution import claims
 from runners.execution.store import load_metrics, read_manifest
-from tests.conftest import ROOT, data_dir
+from tests.conftest import ROOT, broken_model_folder, data_dir
 
 needs_data = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 TINY = ["model=tiny-llama", "protocol=smoke", "eval.datasets=[wikitext2]", "sparsity=0.7"]
@@ -72,8 +72,7 @@ def test_joblib_runs_jobs_in_parallel_and_each_run_once(tmp_path):
 def test_submitit_local_end_to_end_and_a_failing_job_is_recorded(tmp_path):
     """Through submitit's local executor: the tiny-llama run and its baseline are stored, a job whose
     model cannot load is stored as error, the sweep goes on and exits 1 after the table."""
-    empty = tmp_path / "not-a-model"
-    empty.mkdir()
+    empty = broken_model_folder(tmp_path / "not-a-model")
     results = tmp_path / "r"
     proc = _sweep(results, "model=tiny-llama,hub", f"model.name_or_path={empty}", "pruner=wanda",
                   "hydra/launcher=submitit_local")
