@@ -23,6 +23,7 @@ def test_exit_code_rule():
         assert exit_code(["ok", bad]) == 1
 
 
+@pytest.mark.subprocess
 def test_failing_run_makes_the_sweep_exit_1_after_the_others(tmp_path):
     """A sweep whose first model cannot load: the other run and its dense baseline still finish, then exit 1."""
     empty = broken_model_folder(tmp_path / "not-a-model")
@@ -39,6 +40,7 @@ def test_failing_run_makes_the_sweep_exit_1_after_the_others(tmp_path):
     assert "1 of 2 runs failed" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_single_run_ok_exits_0_and_failure_exits_1(tmp_path):
     """Without -m: 0 for a good run, 1 for a run that fails."""
     good = _run("model=tiny-llama", "pruner=magnitude", f"results.dir={tmp_path / 'a'}")

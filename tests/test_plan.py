@@ -29,6 +29,7 @@ def _local_requests(folder: Path) -> int:
     return total
 
 
+@pytest.mark.subprocess
 def test_plan_prints_every_run_of_the_llama2_preset_offline(local_data, tmp_path):
     """Acceptance: every run of experiment=sparsellm_llama2 (2 models x 4 pruners x 4 sparsities,
     plus each dense baseline) is printed with its predicted memory, with no network and nothing
@@ -123,6 +124,7 @@ def test_bench_scale_fit_and_extrapolation_recover_a_known_cost():
     assert "| llama-2-7b | wanda | 256 |" in text and "+10%" in text
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("pruner", ["magnitude", "wanda+dsnot"])
 def test_bench_scale_measures_one_real_block_in_a_child_process(pruner):
     """The child process really prunes a one-block model with the shipped shapes (SmolLM2's

@@ -172,6 +172,7 @@ def test_every_key_that_names_a_thing_is_covered():
             "model.family", "results.dir", "cache_dir", "save.dir"} <= keys
 
 
+@pytest.mark.subprocess
 def test_run_py_exits_2_with_one_line_fast(tmp_path):
     """Through run.py itself, even with plan=true: exit code 2, exactly one stderr line, no
     traceback, within seconds (every other bad value is checked in-process above, through the same
