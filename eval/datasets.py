@@ -181,8 +181,31 @@ def check_dataset_names(names) -> list[str]:
     names = list(names)
     bad = [n for n in names if n not in CORPORA]
     if bad:
-        raise ValueError(f"eval.datasets has unknown {bad}: accepted {list(CORPORA)}")
+        raise ValueError(f"eval.datasets has unknown {bad}: accepted {list(CORPORA)} (zero-shot tasks go in "
+                         "eval.zeroshot.tasks)")
     return names
+
+
+def check_local_dir(local_dir, setting: str = "data.local_dir") -> None:
+    """``data.local_dir`` (when set) is a folder laid out like ``../shared/data``: it exists, is a
+    folder, and holds at least one split of a corpus or a ``zeroshot/`` folder. Raises ValueError
+    in one line otherwise. (A folder missing only some files is fine: those datasets are reported
+    ``unavailable``, or, for calibration, rejected by ``calib.dataset``.)"""
+    if local_dir is None or local_dir == "":
+        return
+    folder = Path(str(local_dir))  # read as the run reads it (no ~ expansion)
+    accepted = "accepted a folder laid out like shared/data (docs/data.md), or null for the hub"
+    if not folder.exists():
+        raise ValueError(f"{setting}={str(local_dir)!r} does not exist: {accepted}")
+    if not folder.is_dir():
+        raise ValueError(f"{setting}={str(local_dir)!r} is a file, not a folder: {accepted}")
+    if (folder / "zeroshot").is_dir():
+        return
+    if any(c.local_file(folder, split) is not None for c in CORPORA.values() for split in c.splits):
+        return
+    looked = ", ".join(c.looked_for(split) for c in CORPORA.values() for split in c.splits)
+    raise ValueError(f"{setting}={str(local_dir)!r} holds none of the data files (looked for {looked}, "
+                     f"zeroshot/): {accepted}")
 
 
 # ---- rows: hub ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ A task that cannot be loaded yields one ``status="unavailable"`` row; the rest s
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -139,6 +140,140 @@ LOCAL_TASKS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
     "piqa": (("piqa.validation.jsonl", "piqa.validation-labels.lst"), _piqa),
     "openbookqa": (("openbookqa.test.tsv",), _openbookqa),
 }
+
+# ---- which names eval.zeroshot.tasks accepts (checked before anything loads) ---------------
+
+# Tasks known without reading lm-eval's index: those with local copies and the paper's two
+# hub-only ones (reported ``unavailable`` offline, as docs/store-and-report.md says).
+KNOWN_TASKS = (*LOCAL_TASKS, "hellaswag", "winogrande")
+# lm-eval output types scored by something other than acc/acc_norm (this harness records only those)
+NOT_ACCURACY = {"loglikelihood_rolling": "perplexity", "generate_until": "generated text"}
+_DECLARED = re.compile(r"^(task|group|tag):[ \t]*(.*?)[ \t]*(?:#.*)?$", re.M)
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_LIST_ITEM = re.compile(r"^[ \t]+-[ \t]*['\"]?([A-Za-z0-9_.\-]+)['\"]?[ \t]*$")
+
+
+def _lm_eval_tasks_dir() -> Path | None:
+    """lm-eval's task folder, found without importing lm-eval (seconds saved at validation)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lm_eval")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return next((Path(r) / "tasks" for r in roots if (Path(r) / "tasks").is_dir()), None)
+
+
+def _declared(text: str):
+    """``(kind, name)`` of each task, group and tag a task YAML declares: ``task: name``,
+    ``tag: name``, ``tag: [a, b]`` or a block list under ``group:``/``tag:``."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        found = _DECLARED.match(line)
+        if not found:
+            continue
+        kind, rest = found.group(1), found.group(2).strip("'\"")
+        if _NAME.fullmatch(rest):
+            yield kind, rest
+        elif rest.startswith("[") and kind != "task":
+            yield from ((kind, n.strip(" '\"")) for n in rest.strip("[]").split(",") if _NAME.fullmatch(n.strip(" '\"")))
+        elif not rest and kind != "task":  # a block list; under task: it lists a group's members
+            for item in lines[number + 1:]:
+                member = _LIST_ITEM.match(item)
+                if not member:
+                    break
+                yield kind, member.group(1)
+
+
+def _scan_lm_eval_tasks(root: Path) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for kind, name in _declared(text):
+            if kind == "task" or name not in index:
+                index[name] = [kind, str(path.relative_to(root))]
+    return index
+
+
+@functools.lru_cache(maxsize=4)
+def lm_eval_task_index(cache_dir: str | None = None) -> dict[str, tuple[str, Path]]:
+    """``name -> (kind, yaml file)`` of every task, group and tag that lm-eval's own task YAMLs
+    declare, read as text (a task wins over a group or tag of the same name). Reading the ~14,000
+    YAMLs takes 3-15 s on a busy 2-core machine (lm-eval's TaskManager ~20 s), so the index is
+    kept in ``<cache_dir>/lm-eval-tasks.json`` (``cache_dir``: the zero-shot cache, as elsewhere in
+    this module) for the installed lm-eval (its version and folder); after that it is only read."""
+    import importlib.metadata
+
+    root = _lm_eval_tasks_dir()
+    if root is None:
+        return {}
+    try:
+        version = importlib.metadata.version("lm_eval")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    stamp = {"lm_eval": version, "folder": str(root), "mtime": root.stat().st_mtime}
+    cache = Path(cache_dir or DEFAULT_CACHE).expanduser() / "lm-eval-tasks.json"
+    index = None
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+        index = stored["index"] if stored.get("stamp") == stamp else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if index is None:
+        index = _scan_lm_eval_tasks(root)
+        try:
+            _write_if_changed(cache, json.dumps({"stamp": stamp, "index": index}))
+        except OSError:
+            pass  # a read-only cache: scan again next time
+    return {name: (kind, root / rel) for name, (kind, rel) in index.items()}
+
+
+def _output_type(path: Path, depth: int = 0) -> str | None:
+    """The ``output_type`` a task YAML declares, itself or through its ``include:`` chain (None: unknown)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"^output_type:[ \t]*(\w+)", text, re.M)
+    if found:
+        return found.group(1)
+    include = re.search(r"^include:[ \t]*['\"]?([^'\"\s#]+)", text, re.M)
+    return _output_type(path.parent / include.group(1), depth + 1) if include and depth < 4 else None
+
+
+def check_task_names(names, setting: str = "eval.zeroshot.tasks", cache_dir: str | None = None) -> list[str]:
+    """Every name is an accuracy-scored lm-eval task (not a group or tag, not a perplexity
+    dataset of ``eval.datasets``); raise ValueError in one line naming the first bad one and what
+    is accepted. Known names (``KNOWN_TASKS``) are accepted without reading lm-eval's index."""
+    from .datasets import CORPORA
+
+    names = list(names)
+    accepted = (f"lm-eval task names such as {', '.join(KNOWN_TASKS)} (local copies: "
+                f"{', '.join(LOCAL_TASKS)}), or [] for none")
+    for name in names:
+        if name in KNOWN_TASKS:
+            continue
+        if name in CORPORA:
+            raise ValueError(f"{setting} has {name!r}, a perplexity dataset: put it in eval.datasets; "
+                             f"accepted {accepted}")
+        index = lm_eval_task_index(cache_dir)
+        kind, path = index.get(name, (None, None))
+        if kind is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, [n for n, (k, _) in index.items() if k == "task"] or KNOWN_TASKS,
+                                              n=3, cutoff=0.75)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"{setting} has unknown {name!r}: not a task of lm-eval{hint}; accepted {accepted}")
+        if kind != "task":
+            raise ValueError(f"{setting} has {name!r}, an lm-eval {kind} of several tasks, not a task: "
+                             f"accepted its tasks by name, {accepted}")
+        scored = NOT_ACCURACY.get(_output_type(path) or "")
+        if scored:
+            raise ValueError(f"{setting} has {name!r}, an lm-eval task scored by {scored}, not accuracy: "
+                             f"accepted multiple-choice tasks, {accepted}")
+    return names
 
 
 def _check_sums(local_dir: Path, files: tuple[str, ...]) -> None:

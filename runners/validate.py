@@ -12,8 +12,15 @@ composes each sweep point, and checks every key a user can set:
   for the presets in ``conf/shapes/``, the folder's own for a local model, the tiny spec):
   sequence lengths within the model's positions, N:M against the input width of every Linear,
   ``prune.layers`` against the block count;
-* files: ``data.local_dir`` exists and the test files it has are readable text; the results
-  and cache folders are writable.
+* names (``check_names``): each setting that names a thing names one that exists and is of the
+  right kind, by the rule of the module that owns the concept: ``data.local_dir`` a folder laid
+  out like shared/data (``check_local_dir`` of eval/datasets.py), ``eval.zeroshot.tasks``
+  accuracy-scored lm-eval tasks (``check_task_names`` of eval/zeroshot.py), ``model.family`` a
+  declared family (core/families.py), a hub model's ``model.name_or_path`` a model folder or a hub
+  id (``check_model_path`` here); ``eval.datasets`` and ``calib.dataset`` are checked by the
+  run's own resolution (eval/datasets.py, eval/calibration.py);
+* files: the test files ``data.local_dir`` has are readable text; the results, cache and (with
+  ``save.model=true``) save folders are folders this user can write, not files.
 
 The first problem is returned as one line naming the key, the value and what is accepted.
 """
@@ -30,7 +37,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from eval.datasets import CORPORA
+from eval.datasets import CORPORA, check_local_dir
+from eval.zeroshot import check_task_names
 from pruners.allocation import allocates
 from pruners.dense import is_dense
 from pruners.pattern import SparsityPattern
@@ -244,6 +252,9 @@ def check_shapes(cfg: DictConfig, run) -> None:
 
 def _writable(key: str, folder: str) -> None:
     path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise Invalid(f"{key}={folder!r} is a file, not a folder: accepted a folder this user can write "
+                      "(created when missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -274,6 +285,66 @@ def check_files(cfg: DictConfig) -> None:
                               "like shared/data")
     _writable("results.dir", str(cfg.results.dir))
     _writable("cache_dir", str(cfg.cache_dir))
+    save_dir = _select(cfg, "save.dir")
+    if save_dir:
+        if _select(cfg, "save.model") is True:
+            _writable("save.dir", str(save_dir))
+        elif Path(str(save_dir)).expanduser().exists() and not Path(str(save_dir)).expanduser().is_dir():
+            raise Invalid(f"save.dir={save_dir!r} is a file, not a folder: accepted a folder this user can "
+                          "write, or null for <run folder>/model")
+
+
+# A Hugging Face hub id: ``name`` or ``namespace/name`` (letters, digits, ``_ . -``; no ``--``/``..``).
+HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+MODEL_FOLDER = "a folder with config.json and *.safetensors or *.bin weights, or a hub id such as facebook/opt-125m"
+
+
+def check_model_path(value) -> str | None:
+    """``model.name_or_path`` of a hub model: an existing path must be a model folder (config.json,
+    a JSON object, and weights, as ``folder_fingerprint`` and ``from_pretrained`` read it); a path
+    that does not exist must be a hub id. Returns the problem (what follows the value), or None."""
+    text = str(value)
+    path = Path(text)  # as load_model reads it: no ~ expansion, relative to the working folder
+    if path.is_file():
+        return "is a file, not a model folder"
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            return "is a folder without config.json"
+        try:
+            raw = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            return f"has a config.json that is not readable JSON ({type(err).__name__})"
+        if not isinstance(raw, dict):
+            return "has a config.json that is not a JSON object"
+        if not (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
+            return "is a folder with config.json but no *.safetensors or *.bin weights"
+        return None
+    if HUB_ID.fullmatch(text) and not text.endswith(".git"):
+        return None
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return "does not exist (a local path)"
+    return "is neither an existing folder nor a hub id"
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Every setting that names a thing names one that exists and is of the right kind: the data
+    folder, the zero-shot tasks, the model family and a hub model's folder or id."""
+    try:
+        check_local_dir(_select(cfg, "data.local_dir"))
+        tasks = _select(cfg, "eval.zeroshot.tasks")
+        if tasks:
+            check_task_names(list(tasks), cache_dir=str(Path(str(cfg.cache_dir)).expanduser() / "zeroshot"))
+        family = _select(cfg, "model.family")
+        if family is not None:
+            family_named(family, "model.family")
+    except ValueError as err:
+        raise Invalid(str(err)) from None
+    if _select(cfg, "model.source") == "hub" and _select(cfg, "model.name_or_path"):
+        value = _select(cfg, "model.name_or_path")
+        problem = check_model_path(value)
+        if problem:
+            raise Invalid(f"model.name_or_path={str(value)!r} {problem}: accepted {MODEL_FOLDER}")
 
 
 def check_allocation(cfg: DictConfig) -> None:
@@ -300,6 +371,7 @@ def check_config(cfg: DictConfig) -> None:
     from runners.execution.job import resolve
 
     check_keys(cfg)
+    check_names(cfg)
     check_pruner(cfg)
     check_allocation(cfg)
     run, pruner, _key = resolve(cfg)

@@ -1,7 +1,21 @@
-"""Shared fixtures: the offline data folder, tiny random models, and the embedded SmolLM2."""
+"""Shared fixtures: the offline data folder, tiny random models, and the embedded SmolLM2.
+
+Test tiers (markers in pyproject.toml; `make test-fast` deselects `slow` and `subprocess`):
+
+* ``slow``: loads the real SmolLM2-135M. A test that takes the ``smollm2``/``fresh_smollm2``
+  fixtures is marked ``slow`` at collection whether or not it says so.
+* ``subprocess``: starts a Python child process (run.py, ``python -m ...``, pip, launcher
+  workers, a notebook kernel), itself or through a fixture. An unmarked test that starts one
+  fails (``_guarded_popen``), so the fast tier stays in-process.
+
+Tests other than ``slow`` ones, and the child processes, run torch on one thread
+(``_one_thread_unless_slow``).
+"""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,12 +61,31 @@ def cache_dir(tmp_path_factory) -> str:
     return os.environ.get("LLM_PRUNE_CACHE", str(Path.home() / ".cache" / "llm-prune-bench"))
 
 
-TINY = {
-    "tiny-opt": ModelSpec(name="tiny-opt", source="tiny", family="opt", dtype="float32",
-                          tiny={"hidden_size": 64, "num_layers": 3, "ffn_dim": 256, "heads": 4}),
-    "tiny-llama": ModelSpec(name="tiny-llama", source="tiny", family="llama", dtype="float32",
-                            tiny={"hidden_size": 64, "num_layers": 3, "ffn_dim": 128, "heads": 4, "kv_heads": 2}),
-}
+def tiny_spec(name: str) -> ModelSpec:
+    """The ``model=<name>`` preset as run.py composes it (``conf/model/<name>.yaml``), as a ModelSpec."""
+    from omegaconf import OmegaConf
+
+    return ModelSpec(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), resolve=True))
+
+
+# The tiny random presets, read from conf/model/ (never re-declared here).
+TINY = {name: tiny_spec(name) for name in ("tiny-opt", "tiny-llama")}
+
+
+def broken_model_folder(folder: Path) -> Path:
+    """A folder that passes validation as a model folder (a tiny OPT config.json and a weights
+    file) but cannot load (neither its tokenizer nor its weights file can be read): a run on it
+    ends ``error``."""
+    import json
+
+    from core.families import family_named
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = family_named("opt").tiny_config(dict(TINY["tiny-opt"].tiny)).to_dict()
+    (folder / "config.json").write_text(json.dumps(config, default=str))
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "tokenizer.json").write_text("not a tokenizer")
+    return folder
 
 
 def tiny_model(name: str, seed: int = 0):
@@ -89,3 +122,68 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_unless_slow(request):
+    """Every test but the SmolLM2 ones (``slow``) runs torch on one thread: the tiny models' small
+    matrices gain nothing from a second thread, and on a shared 2-core machine two spinning
+    OpenMP threads made tests/test_second_order.py 11 times slower (75 s against 6.5 s, load 4.5)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SMOLLM2_FIXTURES = {"smollm2", "fresh_smollm2"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """A test that loads SmolLM2 through its fixtures is ``slow``."""
+    for item in items:
+        if SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+def _is_python(args) -> bool:
+    """Does a Popen argument list start a Python interpreter (this one or another ``python*``)?"""
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else (list(args) or [""])[0]
+    first = os.fsdecode(first).strip().split(" ")[0]
+    return bool(first) and (first == sys.executable or Path(first).name.startswith("python"))
+
+
+_RUNNING: dict = {"item": None}  # the test being set up, run or torn down (module fixtures included)
+_POPEN_INIT = subprocess.Popen.__init__
+
+
+def _guarded_popen(self, args, *rest, **kwargs):
+    """Popen that refuses a Python child for a test not marked ``subprocess``."""
+    item = _RUNNING["item"]
+    if item is not None and not item.get_closest_marker("subprocess") and _is_python(args):
+        raise AssertionError(f"{item.nodeid} starts a Python subprocess ({args!r}), itself or through a "
+                             "fixture, but is not marked @pytest.mark.subprocess (tests/conftest.py)")
+    _POPEN_INIT(self, args, *rest, **kwargs)
+
+
+def pytest_configure(config):
+    subprocess.Popen.__init__ = _guarded_popen
+    # The child processes of the `subprocess` tests (tiny models only) run on one thread too.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_unconfigure(config):
+    subprocess.Popen.__init__ = _POPEN_INIT
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Which test is running, for the guard above (its fixtures' setup and teardown included)."""
+    _RUNNING["item"] = item
+    try:
+        yield
+    finally:
+        _RUNNING["item"] = None

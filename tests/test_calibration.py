@@ -105,6 +105,7 @@ def test_offline_c4_pool_at_2048_smollm2(smollm2, local_data, tmp_path):
     assert got.tokens.shape == (128, 2048)
 
 
+@pytest.mark.subprocess
 def test_paper_protocol_report_states_pool_and_warning(local_data, tmp_path):
     """A paper-protocol run (128 x 2048 C4 windows, offline) records its pool; report.md states it and warns."""
     from tests.conftest import ROOT

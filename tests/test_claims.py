@@ -134,6 +134,7 @@ def _computed(out: str) -> list[str]:
             + re.findall(r"- dense baseline (\S+)$", out, re.M))
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_two_identical_sweeps_at_once_compute_each_run_once(tmp_path):
     results = tmp_path / "results"
@@ -154,6 +155,7 @@ def test_two_identical_sweeps_at_once_compute_each_run_once(tmp_path):
     assert len(logs) == 2 and {p.name.rsplit("-", 1)[1] for p in logs} == {str(procs[0].pid), str(procs[1].pid)}
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_sweep_killed_holding_a_claim_does_not_block_the_next(tmp_path):
     results = tmp_path / "results"

@@ -6,7 +6,7 @@ import pytest
 
 from runners.callbacks import exit_code
 from runners.execution.store import read_manifest
-from tests.conftest import ROOT, data_dir
+from tests.conftest import ROOT, broken_model_folder, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 
@@ -23,10 +23,10 @@ def test_exit_code_rule():
         assert exit_code(["ok", bad]) == 1
 
 
+@pytest.mark.subprocess
 def test_failing_run_makes_the_sweep_exit_1_after_the_others(tmp_path):
     """A sweep whose first model cannot load: the other run and its dense baseline still finish, then exit 1."""
-    empty = tmp_path / "not-a-model"
-    empty.mkdir()
+    empty = broken_model_folder(tmp_path / "not-a-model")
     results = tmp_path / "r"
     args = ("-m", "model=hub,tiny-opt", f"model.name_or_path={empty}", "pruner=magnitude", "sparsity=0.5",
             f"results.dir={results}")
@@ -40,11 +40,11 @@ def test_failing_run_makes_the_sweep_exit_1_after_the_others(tmp_path):
     assert "1 of 2 runs failed" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_single_run_ok_exits_0_and_failure_exits_1(tmp_path):
     """Without -m: 0 for a good run, 1 for a run that fails."""
     good = _run("model=tiny-llama", "pruner=magnitude", f"results.dir={tmp_path / 'a'}")
     assert good.returncode == 0, good.stderr[-2000:]
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    empty = broken_model_folder(tmp_path / "empty")
     bad = _run("model=hub", f"model.name_or_path={empty}", "pruner=magnitude", f"results.dir={tmp_path / 'b'}")
     assert bad.returncode == 1, bad.stderr[-2000:]

@@ -48,6 +48,7 @@ def test_engine_writes_fallbacks_per_block():
     assert report.fallbacks["cholesky_damping_raised"] == sum(r["value"] for r in rows)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 def test_run_records_fallbacks_in_blocks_csv_and_manifest(tmp_path):
     """run.py with a forced fallback: blocks.csv rows, the manifest count, and the same totals."""

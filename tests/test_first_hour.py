@@ -22,6 +22,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.subprocess
 def test_help_shows_examples_sparsity_and_groups():
     """run.py --help is the project's page: examples, the N:M convention, the groups and their options."""
     out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -41,6 +42,7 @@ def test_local_dir_defaults_to_the_environment(monkeypatch):
         assert compose(config_name="config").data.local_dir is None
 
 
+@pytest.mark.subprocess
 def test_no_hub_and_no_local_dir_fails_fast_naming_the_setting(tmp_path):
     """With the hub blocked and no data.local_dir, the run fails within seconds and says what to set."""
     start = time.perf_counter()
@@ -54,6 +56,7 @@ def test_no_hub_and_no_local_dir_fails_fast_naming_the_setting(tmp_path):
     assert statuses == {"unavailable"}
 
 
+@pytest.mark.subprocess
 def test_progress_lines_and_interrupt_prints_the_table(tmp_path):
     """A sweep logs `run k/n` with an ETA; SIGINT midway prints the table of what finished, exit 130."""
     args = [sys.executable, "run.py", "-m", *TINY, "pruner=magnitude,sparsellm", "sparsity=0.5,0.6,0.7",

@@ -1,8 +1,6 @@
 """Run identity: everything that changes a number changes the run id, and nothing else is needed to tell runs apart."""
 import dataclasses
 import shutil
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,6 +9,7 @@ from runners.cli import CONF
 from runners.execution.identity import prepare, run_id
 from runners.execution.job import SettingsError, resolve
 from runners.registry import build
+from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
@@ -90,14 +89,14 @@ def test_missing_calibration_split_is_rejected_before_loading():
         resolve(_cfg("calib.dataset=books"))
 
 
-def test_missing_calibration_split_cli_exits_2():
-    """Through run.py: exit code 2, exactly one stderr line, within seconds (no model is loaded)."""
-    result = subprocess.run([sys.executable, "run.py", "pruner=wanda", "calib.dataset=ptb",
-                             f"data.local_dir={data_dir()}", "results.dir=/tmp/never-written"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "calib.dataset='ptb'" in lines[0] and "looked for" in lines[0], result.stderr
+def test_missing_calibration_split_is_rejected_before_anything_runs(tmp_path):
+    """What run.py checks first (its one stderr line, exit code 2: tests/test_validation.py) names
+    calib.dataset and where it looked; no model is loaded, nothing is written."""
+    message = check_command_line(["pruner=wanda", "calib.dataset=ptb", f"data.local_dir={data_dir()}",
+                                  f"results.dir={tmp_path / 'r'}"])
+    assert message is not None and "\n" not in message
+    assert "calib.dataset='ptb'" in message and "looked for" in message, message
+    assert not (tmp_path / "r" / "runs").exists()
 
 
 def test_seed_must_be_whole():

@@ -15,7 +15,7 @@ from runners import launchers
 from runners.cli import CONF
 from runners.execution import claims
 from runners.execution.store import load_metrics, read_manifest
-from tests.conftest import ROOT, data_dir
+from tests.conftest import ROOT, broken_model_folder, data_dir
 
 needs_data = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 TINY = ["model=tiny-llama", "protocol=smoke", "eval.datasets=[wikitext2]", "sparsity=0.7"]
@@ -37,6 +37,7 @@ def _runs(results):
     return {p.name: read_manifest(p) for p in (results / "runs").iterdir()}
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_joblib_runs_jobs_in_parallel_and_each_run_once(tmp_path):
     """Two jobs run at once in two worker processes; the store holds each run once and the dense
@@ -68,12 +69,12 @@ def test_joblib_runs_jobs_in_parallel_and_each_run_once(tmp_path):
     assert "| wanda" in proc.stdout and "| sparsegpt" in proc.stdout and "| dense" in proc.stdout
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_submitit_local_end_to_end_and_a_failing_job_is_recorded(tmp_path):
     """Through submitit's local executor: the tiny-llama run and its baseline are stored, a job whose
     model cannot load is stored as error, the sweep goes on and exits 1 after the table."""
-    empty = tmp_path / "not-a-model"
-    empty.mkdir()
+    empty = broken_model_folder(tmp_path / "not-a-model")
     results = tmp_path / "r"
     proc = _sweep(results, "model=tiny-llama,hub", f"model.name_or_path={empty}", "pruner=wanda",
                   "hydra/launcher=submitit_local")
@@ -92,6 +93,7 @@ def test_submitit_local_end_to_end_and_a_failing_job_is_recorded(tmp_path):
     assert "| wanda" in proc.stdout and "1 of 2 runs failed" in proc.stdout
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_ctrl_c_under_joblib_stops_the_workers_and_prints_the_table(tmp_path):
     """SIGINT to the whole process group (as Ctrl-C sends it): the table of what finished, exit 130,
@@ -120,6 +122,7 @@ def test_ctrl_c_under_joblib_stops_the_workers_and_prints_the_table(tmp_path):
     assert "interrupted" in out and "| magnitude" in out
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_a_worker_that_dies_still_ends_with_the_table(tmp_path):
     """joblib workers killed mid-run (as the OOM killer would): exit 1 with the launcher's error,
@@ -232,13 +235,13 @@ def test_bad_launcher_settings_are_one_line_errors(monkeypatch):
 
 
 def test_run_py_refuses_a_bad_launcher_setting_before_starting(tmp_path):
-    """run.py stops at once with exit code 2 and the one line; no job starts."""
-    proc = subprocess.run([sys.executable, "run.py", "-m", *TINY, "pruner=wanda", "hydra/launcher=joblib",
-                           "hydra.launcher.n_jobs=zero", f"results.dir={tmp_path}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: hydra.launcher.n_jobs='zero' is not valid for hydra/launcher=joblib: "
-                                   "accepted a whole number")
+    """What run.py checks before Hydra starts (its one stderr line, exit code 2:
+    tests/test_validation.py) is the launcher setting's line; no job starts."""
+    from runners.validate import check_command_line
+
+    message = check_command_line(["-m", *TINY, "pruner=wanda", "hydra/launcher=joblib", "hydra.launcher.n_jobs=zero",
+                                  f"results.dir={tmp_path}"])
+    assert message == "hydra.launcher.n_jobs='zero' is not valid for hydra/launcher=joblib: accepted a whole number"
     assert not (tmp_path / "runs").exists()
 
 

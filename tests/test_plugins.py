@@ -56,6 +56,7 @@ def test_installed_plugin_is_a_pruner_choice(plugin_path):
     assert "pruner.seed=-1" in check_command_line(["model=tiny-llama", "pruner=random", "pruner.seed=-1"])
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 def test_sweep_with_the_plugin(plugin_path, tmp_path):
     """The acceptance sweep: random and wanda at 0.5 and 0.7 on tiny-llama, with no repo edit."""
@@ -76,6 +77,7 @@ def test_sweep_with_the_plugin(plugin_path, tmp_path):
     assert "| random" in out.stdout
 
 
+@pytest.mark.subprocess
 def test_the_example_package_tests(plugin_path):
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
                          cwd=ROOT, env=_env(plugin_path), capture_output=True, text=True, timeout=300)
@@ -84,7 +86,7 @@ def test_the_example_package_tests(plugin_path):
 
 
 def test_a_broken_plugin_fails_in_one_line(tmp_path):
-    """An entry point whose module is missing: the command stops before anything runs, naming it."""
+    """An entry point whose module is missing: the command line is refused before anything runs, naming it."""
     dist = tmp_path / "llm_prune_broken-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llm-prune-broken\nVersion: 0.1\n")
@@ -96,7 +98,4 @@ def test_a_broken_plugin_fails_in_one_line(tmp_path):
         sys.path.remove(str(tmp_path))
     assert problem is not None and "\n" not in problem
     assert "pruner='broken'" in problem and "llm_prune_broken_missing:build" in problem
-    assert "failed to load: ModuleNotFoundError" in problem
-    out = subprocess.run([sys.executable, "run.py", "model=tiny-llama", "pruner=broken"], cwd=ROOT,
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "failed to load" in out.stderr
+    assert "failed to load: ModuleNotFoundError" in problem  # run.py prints it and exits 2 (tests/test_validation.py)

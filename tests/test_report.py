@@ -240,6 +240,7 @@ def test_experiment_presets_define_sweeps(name, runs):
     assert list(cfg.eval.datasets) == ["wikitext2", "ptb", "c4"]
 
 
+@pytest.mark.subprocess
 def test_notebook_executes(built, tmp_path, monkeypatch):
     """notebooks/report.ipynb runs clean on the venv's python against the synthetic store."""
     nbformat = pytest.importorskip("nbformat")

@@ -231,6 +231,7 @@ def _sweep(results: Path) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.subprocess
 @needs_data
 def test_same_seed_same_settings_identical_files(tmp_path):
     """Two sweeps with the same seed into two stores: identical metrics, zero counts and block errors."""

@@ -195,8 +195,47 @@ def test_end_to_end_exact_sparsity_and_diagnostics(name, sparsity):
     assert len(errors) == 3 and all(0 < e < 1 for e in errors)
 
 
-def test_fc2_lstsq_variant_runs():
-    """fc2_update=lstsq (the pseudo-inverse refit of older released commits) also runs and is exact."""
+def test_fc2_lstsq_variant_is_the_exact_least_squares_refit(monkeypatch):
+    """fc2_update=lstsq (the pseudo-inverse refit of older released commits): at iteration 2 the
+    dense fc2 handed to SparseGPT is the exact least-squares fit of the target on the auxiliary p
+    of iteration 1, as torch.linalg.lstsq solves it in float64 on the same data, and the returned
+    fc2 is SparseGPT of that refit on p's Hessian; through the engine it runs and is exactly sparse."""
+    gen = torch.Generator().manual_seed(5)
+    tokens, hidden, d_ff = 400, 16, 32
+    X = torch.randn(tokens, hidden, generator=gen)
+    w = {"up": torch.randn(d_ff, hidden, generator=gen) / 4, "down": torch.randn(hidden, d_ff, generator=gen) / 6}
+    b = {"up": 0.1 * torch.randn(d_ff, generator=gen), "down": 0.1 * torch.randn(hidden, generator=gen)}
+    z = X @ w["up"].T + b["up"]
+    Y = F.relu(z) @ w["down"].T + b["down"] + 0.05 * torch.randn(tokens, hidden, generator=gen)
+    pattern = SparsityPattern.parse(0.5)
+    options = dict(alpha=0.1, beta=0.1, gamma=0.1, fc2_update="lstsq")
+
+    def init():
+        return {"z": z.clone(), "p": F.relu(z)}
+
+    first = init()  # the storage is overwritten in place: after one iteration it holds p of iteration 1
+    optimize_mlp("relu", X, Y, w, b, first, pattern, iterations=1, **options)
+    p1 = first["p"].double()
+    U = (Y - b["down"]).double()
+    refit = torch.linalg.lstsq(p1, U).solution.T  # (hidden, d_ff), float64
+
+    handed = []
+    prune = DampedHessian.prune
+
+    def record(self, weight, *args, **kwargs):
+        handed.append(weight.clone())
+        return prune(self, weight, *args, **kwargs)
+
+    monkeypatch.setattr(DampedHessian, "prune", record)
+    new, _ = optimize_mlp("relu", X, Y, w, b, init(), pattern, iterations=2, **options)
+    down = [t for t in handed if t.shape == (hidden, d_ff)]
+    assert len(down) == 2  # the dense fc2 at iteration 1, the refit at iteration 2
+    torch.testing.assert_close(down[1].double(), refit, rtol=1e-4, atol=1e-5)
+    assert float((down[1] - w["down"]).norm()) > 1e-2 * float(w["down"].norm())  # the refit moved fc2
+    expected = sparsegpt_prune(refit.float(), (2.0 / tokens) * (p1.T @ p1).float(), pattern, 128, 0.01)
+    torch.testing.assert_close(new["down"], expected, rtol=1e-4, atol=1e-5)
+    assert_exactly_sparse(new["down"], pattern)
+
     model, adapter, pattern, _ = _run("tiny-opt", "0.5", fc2_update="lstsq", iterations=2)
     for block in adapter.blocks(model):
         assert_exactly_sparse(block.fc2.weight.data, pattern)

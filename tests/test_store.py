@@ -18,7 +18,7 @@ from tests.conftest import ROOT, data_dir
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
 SPARSITIES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "2:4"]
 SWEEP = ["-m", "model=tiny-llama", "pruner=magnitude", f"sparsity={','.join(SPARSITIES)}", "protocol=smoke",
-         "eval.datasets=[wikitext2]"]
+         "eval.datasets=[wikitext2]", "prune.diagnostics=false"]  # no calibration pass: nothing here reads it
 DEAD_PID = 4194305  # above the largest pid_max Linux allows: no such process
 
 
@@ -30,13 +30,31 @@ def _sweep(results, *extra):
     return _py("run.py", *SWEEP, f"results.dir={results}", f"data.local_dir={data_dir()}", *extra)
 
 
+def _store(results, sparsities):
+    """Magnitude runs at ``sparsities`` and their dense baseline, written in this process by the
+    run_job that each of run.py's jobs calls, with the settings of ``SWEEP`` (same run ids)."""
+    from runners.execution.job import run_job
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        base = compose(config_name="config", overrides=[*SWEEP[1:3], *SWEEP[4:], f"results.dir={results}",
+                                                        f"data.local_dir={data_dir()}"])
+    for sparsity in sparsities:
+        cfg = base.copy()
+        cfg.sparsity = sparsity if ":" in sparsity else float(sparsity)  # as the command line gives it
+        assert run_job(cfg) == "ok", sparsity
+    return results
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished store: 10 magnitude runs and the dense baseline (copy it before damaging it)."""
-    results = tmp_path_factory.mktemp("finished") / "results"
-    proc = _sweep(results)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return results
+    """A finished store: 2 magnitude runs and the dense baseline (copy it before damaging it)."""
+    return _store(tmp_path_factory.mktemp("finished") / "results", SPARSITIES[:2])
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A finished store of the whole SWEEP: 10 magnitude runs and the dense baseline."""
+    return _store(tmp_path_factory.mktemp("finished-sweep") / "results", SPARSITIES)
 
 
 def _copy(finished, tmp_path):
@@ -106,10 +124,11 @@ def test_killed_run_is_incomplete(finished, tmp_path):
     assert store.check_run(folders[0])[0] == "incomplete"
 
 
-def test_damaged_store_is_named_skipped_recomputed_and_cleaned(finished, tmp_path):
+@pytest.mark.subprocess
+def test_damaged_store_is_named_skipped_recomputed_and_cleaned(finished_sweep, tmp_path):
     """Every kind of damage at once: `store check` lists each run, the report skips it in one line,
     the next sweep names it in one line and recomputes it; afterwards the store is clean and complete."""
-    results, folders = _copy(finished, tmp_path)
+    results, folders = _copy(finished_sweep, tmp_path)
     damaged = {}
     writer = store.read_manifest(folders[0])["writer"]["pid"]  # the sweep that wrote the finished store
     for folder, (damage, name) in zip(folders, list(DAMAGE.values())[:10]):  # dense sorts first: damaged too
@@ -196,6 +215,7 @@ summarize(sys.argv[1])
 """
 
 
+@pytest.mark.subprocess
 def test_kill_during_the_summary_write_keeps_the_previous_file(finished, tmp_path):
     results, old = _summary_with_sentinel(finished, tmp_path)
     proc = _py("-c", KILL_BEFORE_RENAME, str(results))
@@ -211,8 +231,8 @@ def _job(results, *overrides):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "model=tiny-llama", "pruner=magnitude", "sparsity=0.1", "protocol=smoke", "eval.datasets=[wikitext2]",
-            f"data.local_dir={data_dir()}", f"results.dir={results}", *overrides])
+            *SWEEP[1:3], "sparsity=0.1", *SWEEP[4:], f"data.local_dir={data_dir()}", f"results.dir={results}",
+            *overrides])
     return run_job(cfg)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from runners.execution.store import load_metrics, read_manifest
+from runners.validate import check_command_line
 from tests.conftest import ROOT, data_dir
 
 pytestmark = pytest.mark.skipif(data_dir() is None, reason="needs the offline data folder")
@@ -26,6 +27,7 @@ def _manifests(results):
     return {p.parent.name: read_manifest(p.parent) for p in (results / "runs").glob("*/manifest.json")}
 
 
+@pytest.mark.subprocess
 def test_sweep_killed_midway_resumes_without_duplicates(tmp_path):
     """A sweep killed after its first runs, then re-run, ends with each run once and nothing lost."""
     results = tmp_path / "results"
@@ -56,6 +58,7 @@ def test_sweep_killed_midway_resumes_without_duplicates(tmp_path):
     assert not list(results.glob("runs/*/.*.tmp*"))  # no half-written files left behind
 
 
+@pytest.mark.subprocess
 def test_run_files_and_provenance(tmp_path):
     """A run writes metrics/layers/blocks/manifest with provenance and exact measured sparsity."""
     results = tmp_path / "r"
@@ -83,8 +86,7 @@ def test_layers_beyond_the_model_stop_the_sweep_before_any_run(tmp_path):
     """prune.layers past the model's last block is rejected for the whole sweep before anything runs
     (a run that fails at run time is recorded and the sweep goes on: tests/test_exit_codes.py)."""
     results = tmp_path / "r"
-    proc = subprocess.run([sys.executable, "run.py", "-m", "model=tiny-opt", "pruner=magnitude",
-                           "prune.layers=5-6,0-1", "protocol=smoke", "eval.datasets=[ptb]", f"results.dir={results}",
-                           f"data.local_dir={data_dir()}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "prune.layers='5-6'" in proc.stderr and "0-2" in proc.stderr, proc.stderr
+    message = check_command_line(["-m", "model=tiny-opt", "pruner=magnitude", "prune.layers=5-6,0-1", "protocol=smoke",
+                                  "eval.datasets=[ptb]", f"results.dir={results}", f"data.local_dir={data_dir()}"])
+    assert message is not None and "prune.layers='5-6'" in message and "0-2" in message, message
     assert not (results / "runs").exists()

@@ -85,14 +85,105 @@ def test_good_command_lines_pass(args):
     assert check_command_line([*args, f"data.local_dir={data_dir()}"]) is None
 
 
-@pytest.mark.parametrize("args", [["calib.nsamples=0"], ["eval.datasets=[]"], ["-m", "pruner=wanda", "seed=1.5"],
-                                  ["pruner.sequential=maybe", "pruner=sparsegpt"], ["calib.seqlen=999999"]])
-def test_run_py_exits_2_with_one_line_fast(args, tmp_path):
-    """Through run.py itself: exit code 2, exactly one stderr line, no traceback, within seconds."""
+# Every setting that names a thing, with a wrong name and a path of the wrong kind. Placeholders:
+# {file} an existing file, {empty} an empty folder, {noweights} a folder with config.json and no
+# weights, {badjson} a folder whose config.json is not JSON; for GOOD_NAMES {model} a model folder
+# (config.json and a weights file) and {partial} a data folder holding only C4's train shard.
+NAMES = [
+    (["eval.zeroshot.tasks=[boolqq]"], "eval.zeroshot.tasks has unknown 'boolqq'"),
+    (["eval.zeroshot.tasks=[arc_easy,hellaswg]"], "'hellaswg'"),
+    (["eval.zeroshot.tasks=[wikitext2]"], "'wikitext2', a perplexity dataset"),
+    (["eval.zeroshot.tasks=[mmlu]"], "'mmlu', an lm-eval group"),
+    (["eval.zeroshot.tasks=[wikitext]"], "'wikitext', an lm-eval task scored by perplexity"),
+    (["eval.datasets=[wikitext3]"], "eval.datasets has unknown ['wikitext3']"),
+    (["eval.datasets=[boolq]"], "eval.datasets has unknown ['boolq']"),  # a task, not a dataset
+    (["calib.dataset=books"], "calib.dataset='books'"),
+    (["calib.dataset=ptb"], "calib.dataset='ptb'"),  # a dataset, but not held by the data folder
+    (["data.local_dir=/nonexistent/folder"], "data.local_dir='/nonexistent/folder' does not exist"),
+    (["data.local_dir={file}"], "data.local_dir='{file}' is a file, not a folder"),
+    (["data.local_dir={empty}"], "data.local_dir='{empty}' holds none of the data files"),
+    (["model=hub", "model.name_or_path=/nonexistent/model"], "model.name_or_path='/nonexistent/model' does not exist"),
+    (["model=hub", "model.name_or_path=./no/such/model"], "model.name_or_path='./no/such/model' does not exist"),
+    (["model=hub", "model.name_or_path=opt--125m"], "model.name_or_path='opt--125m' is neither"),
+    (["model=hub", "model.name_or_path={file}"], "model.name_or_path='{file}' is a file, not a model folder"),
+    (["model=hub", "model.name_or_path={empty}"], "model.name_or_path='{empty}' is a folder without config.json"),
+    (["model=hub", "model.name_or_path={noweights}"], "'{noweights}' is a folder with config.json but no"),
+    (["model=hub", "model.name_or_path={badjson}"], "'{badjson}' has a config.json that is not readable JSON"),
+    (["model=opt-125m", "model.name_or_path={file}"], "model.name_or_path='{file}' is a file"),
+    (["model.family=gpt"], "model.family='gpt'"),
+    (["model=hub", "model.name_or_path=facebook/opt-125m", "model.family=gpt"], "model.family='gpt'"),
+    (["results.dir={file}"], "results.dir='{file}' is a file, not a folder"),
+    (["cache_dir={file}"], "cache_dir='{file}' is a file, not a folder"),
+    (["save.model=true", "save.dir={file}"], "save.dir='{file}' is a file, not a folder"),
+    (["save.dir={file}"], "save.dir='{file}' is a file, not a folder"),
+    (["save.model=true", "save.dir=/proc/forbidden"], "save.dir='/proc/forbidden' is not writable"),
+]
+# ... and the right kind of thing is accepted, a hub id included (nothing is fetched).
+GOOD_NAMES = [
+    ["model=hub", "model.name_or_path=facebook/opt-125m"], ["model=hub", "model.name_or_path=gpt2"],
+    ["model=hub", "model.name_or_path={model}"], ["model=opt-125m"],
+    ["eval.zeroshot.tasks=[boolq,hellaswag,winogrande,piqa]"], ["eval.zeroshot.tasks=[sciq,lambada_openai]"],
+    ["save.model=true", "save.dir={empty}"], ["data.local_dir={partial}"],  # a data folder with C4 train only
+]
+
+
+@pytest.fixture
+def places(tmp_path, local_data):
+    """The placeholders of NAMES and GOOD_NAMES, made in tmp_path."""
+    from tests.conftest import broken_model_folder
+
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text('{"model_type": "opt"}')
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / "config.json").write_text("{not json")
+    (tmp_path / "badjson" / "model.safetensors").write_bytes(b"")
+    c4 = next((local_data / "c4").glob("c4-train.*"))
+    (tmp_path / "partial" / "c4").mkdir(parents=True)
+    (tmp_path / "partial" / "c4" / c4.name).symlink_to(c4)
+    return {"file": str(tmp_path / "a-file"), "empty": str(tmp_path / "empty"), "noweights": str(tmp_path / "noweights"),
+            "badjson": str(tmp_path / "badjson"), "model": str(broken_model_folder(tmp_path / "model")),
+            "partial": str(tmp_path / "partial"), "data": str(local_data)}
+
+
+def _with_data(args, places):
+    args = [a.format(**places) for a in args]
+    return args if any(a.startswith("data.local_dir=") for a in args) else [*args, f"data.local_dir={places['data']}"]
+
+
+@pytest.mark.parametrize("args,needle", NAMES, ids=[" ".join(a) for a, _ in NAMES])
+def test_a_setting_that_names_a_thing_names_one_of_the_right_kind(args, needle, places):
+    """A wrong name, a missing path or a path of the wrong kind (a file for a folder, a folder that
+    is not a model or not a data folder) is rejected in one line naming the key and the value."""
+    msg = check_command_line(_with_data(args, places))
+    assert msg is not None, args
+    assert "\n" not in msg and needle.format(**places) in msg and "accepted" in msg, msg
+
+
+@pytest.mark.parametrize("args", GOOD_NAMES, ids=[" ".join(a) for a in GOOD_NAMES])
+def test_the_right_kind_of_thing_is_accepted(args, places):
+    assert check_command_line(_with_data(args, places)) is None
+
+
+def test_every_key_that_names_a_thing_is_covered():
+    """NAMES covers every key of the composed config whose value names a thing."""
+    keys = {a.split("=")[0] for args, _ in NAMES for a in args if "=" in a and a.split("=")[0] not in ("model",)}
+    assert {"eval.zeroshot.tasks", "eval.datasets", "calib.dataset", "data.local_dir", "model.name_or_path",
+            "model.family", "results.dir", "cache_dir", "save.dir"} <= keys
+
+
+@pytest.mark.subprocess
+def test_run_py_exits_2_with_one_line_fast(tmp_path):
+    """Through run.py itself, even with plan=true: exit code 2, exactly one stderr line, no
+    traceback, within seconds (every other bad value is checked in-process above, through the same
+    check_command_line that run.py calls first)."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "run.py", *args, f"data.local_dir={data_dir()}",
+    (tmp_path / "a-file").write_text("x")
+    result = subprocess.run([sys.executable, "run.py", "-m", "pruner=wanda,sparsegpt", "model=hub",
+                             f"model.name_or_path={tmp_path / 'a-file'}", "plan=true", f"data.local_dir={data_dir()}",
                              f"results.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: model.name_or_path=") and "Traceback" not in result.stderr
     assert time.perf_counter() - start < 60 and not (tmp_path / "runs").exists()
