@@ -1,19 +1,23 @@
 """The tools' settings read through Hydra (runners/tool_config.py): report, store check, bench and
 bench-scale compose their defaults, keep their command lines, reject a bad key or value in one line
-naming it (exit code 2) and list their settings with --help."""
+naming it (exit code 2) and list their settings with --help; run.py and the progress callback talk
+through the Hydra config and the jobs' status.json files."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from runners import bench, bench_scale, tool_config
-from runners.cli import CONF
+from runners import bench, bench_scale, callbacks, tool_config
+from runners.cli import CONF, log_folder
 from runners.execution import store
 from runners.execution.models import ModelSpec
 from runners.reporting import report
@@ -221,3 +225,44 @@ def test_one_block_is_the_shapes_family_with_one_block():
     assert type(built["phi-3-mini"]).__name__ == "Phi3ForCausalLM"
     assert type(built["gemma-3-4b"]).__name__ == "Gemma3ForCausalLM"
     assert built["phi-3-mini"].config.pad_token_id is None  # its default 32000 is beyond the small vocabulary
+
+
+# ---- run.py and the progress callback ------------------------------------------------------
+
+
+def test_callback_settings_come_through_the_hydra_config(tmp_path, caplog):
+    """run.py's overrides reach the callback Hydra instantiates; the object (as a launcher ships it,
+    pickled) keeps them; its lines carry n and the ETA from them; the log folder has the id."""
+    channel = ["hydra.callbacks.progress.total=5", "hydra.callbacks.progress.start=1000.5",
+               "hydra.callbacks.progress.invocation=4242"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"results.dir={tmp_path}", *channel], return_hydra_config=True)
+    progress = pickle.loads(pickle.dumps(instantiate(cfg.hydra.callbacks.progress)))
+    assert (type(progress), progress.total, progress.start, progress.invocation) == (callbacks.Progress, 5, 1000.5, 4242)
+    job = OmegaConf.create({"hydra": {"job": {"num": 1}, "overrides": {"task": ["pruner=wanda"]}, "mode": "RUN"}})
+    with caplog.at_level("INFO", logger="sweep"):
+        progress.on_job_start(job)
+        progress.on_job_end(job, job_return=None)
+    assert "run 2/5 start: pruner=wanda" in caplog.text and "run 2/5 end: error in" in caplog.text
+    assert "for 3 more" in caplog.text
+    folder = log_folder(["-m", f"results.dir={tmp_path}", *channel])
+    assert folder.startswith(f"{tmp_path}/hydra/multirun-") and folder.endswith("-4242")
+    assert log_folder([f"results.dir={tmp_path}", *channel]).startswith(f"{tmp_path}/hydra/run-")
+    assert callbacks.Progress().total == 1 and abs(callbacks.Progress().start - time.time()) < 60
+
+
+def test_exit_code_from_the_jobs_status_files(tmp_path, capsys):
+    """finish(): the table, a line per failure, and the exit code read from each job's status.json."""
+    sweep = tmp_path / "sweep"
+    for num, status in enumerate(["ok", "skipped:error", "oom"]):
+        (sweep / str(num)).mkdir(parents=True)
+        (sweep / str(num) / "status.json").write_text(json.dumps({"status": status}))
+    (sweep / ".submitit").mkdir()
+    folders = callbacks.job_folders(sweep, multirun=True)
+    assert [f.name for f in folders] == ["0", "1", "2"]
+    assert callbacks.finish(tmp_path, folders) == 1
+    out = capsys.readouterr().out
+    assert "no finished runs" in out and "1 of 3 runs failed (oom): exit code 1" in out
+    assert callbacks.finish(tmp_path, folders[:2]) == 0
+    assert callbacks.finish(tmp_path, callbacks.job_folders(tmp_path / "missing", multirun=False)) == 1  # no status
+    assert callbacks.job_folders(tmp_path / "missing", multirun=True) == []
