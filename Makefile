@@ -41,8 +41,8 @@ test-fast: install ## the in-process tests only: no SmolLM2 load (slow), no Pyth
 test-cuda: install ## the accelerator subset (pytest -m cuda) on $$LLM_PRUNE_TEST_DEVICE (default cuda; skipped without one)
 	$(PY) -m pytest -q -m cuda
 
-bench: install ## time each pruner against one calibration pass on SmolLM2-135M
-	$(PY) -m runners.bench $(DATA_ARG)
+bench: install ## time each pruner against one calibration pass of a model, SmolLM2-135M by default (ARGS="model=NAME pruners=wanda")
+	$(PY) -m runners.bench $(DATA_ARG) $(ARGS)
 
 bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes with each pruner; extrapolate (ARGS="mem_gb=8 max_s=75")
 	$(PY) -m runners.bench_scale $(ARGS)

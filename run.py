@@ -52,11 +52,16 @@ def main(cfg: DictConfig) -> str:
     return status
 
 
+# Hydra's options that show something and run no job: run.py hands them to Hydra as they are.
+INFO_OPTIONS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
+
+
 if __name__ == "__main__":
     import time
 
     from runners import callbacks
-    from runners.cli import results_dir, sweep_points
+    from runners.cli import is_multirun, log_folder, results_dir, sweep_points
+    from runners.tool_config import quote
     from runners.validate import check_command_line
 
     args = sys.argv[1:]
@@ -68,12 +73,18 @@ if __name__ == "__main__":
 
     if plan.plan_requested(args):  # predict memory and time of every run; Hydra launches nothing
         sys.exit(plan.main(args))
-    # One Hydra log folder per invocation, even for two sweeps started in the same second.
-    os.environ.setdefault("LLM_PRUNE_INVOCATION", f"{os.getpid()}")
-    # For the `run k/n ... ETA` lines (runners/callbacks.py), also in launcher worker processes.
-    os.environ["LLM_PRUNE_SWEEP_SIZE"] = str(len(sweep_points(args)))
-    os.environ["LLM_PRUNE_START"] = str(time.time())
+    if any(a.split("=", 1)[0] in INFO_OPTIONS for a in args if a.startswith("-")):
+        main()
+        sys.exit(0)
+    # The progress callback's settings (runners/callbacks.py), through the Hydra config: a launcher
+    # ships the callback with them to its worker processes or cluster jobs.
+    channel = [f"hydra.callbacks.progress.total={len(sweep_points(args))}",
+               f"hydra.callbacks.progress.start={time.time()!r}",
+               f"hydra.callbacks.progress.invocation={os.getpid()}"]  # one log folder per invocation
+    multirun = is_multirun(args)
+    folder = log_folder(args + channel)  # where Hydra logs the jobs, each with its status.json
     results = results_dir(args)  # now: Hydra cannot be composed again while it runs
+    sys.argv = [sys.argv[0], *args, *channel, f"hydra.{'sweep' if multirun else 'run'}.dir={quote(folder)}"]
 
     def interrupted(_signum, _frame):
         """Ctrl-C: show what is in the store so far, then stop at once. Every store write is a
@@ -92,16 +103,17 @@ if __name__ == "__main__":
     try:
         main()
     except SystemExit as stop:
-        if stop.code != 1 or callbacks.REPORTED:
+        if stop.code != 1:
             raise
-        # Hydra reported an error that ended the sweep before its end-of-sweep callback, such as
-        # a launcher's worker process that died (killed, out of memory): show what is stored.
+        # Hydra reported an error that ended the sweep early, such as a launcher's worker process
+        # that died (killed, out of memory): show what is stored.
         from runners.launchers import stop_workers
         from runners.reporting.report import summarize
 
         stop_workers()
-        print("\nthe sweep stopped early (the error above): the runs in the store; the runs it did not "
-              "finish are computed by the next invocation\n", flush=True)
+        print(f"\nthe {'sweep' if multirun else 'run'} stopped early (the error above): the runs in the store; "
+              "the runs it did not finish are computed by the next invocation\n", flush=True)
         print(summarize(results), flush=True)
         raise
-    sys.exit(callbacks.EXIT_CODE)
+    # Every job left its status in the folder given to Hydra: the table, then the exit code from them.
+    sys.exit(callbacks.finish(results, callbacks.job_folders(folder, multirun)))

@@ -5,6 +5,7 @@
 * ``runners/reporting/``: reads the store, writes tables, plots, report.md (report, tables, plots,
   compare, leaderboard).
 * here: the command-line front shared by both (``cli``: config folder and overrides; ``validate``:
-  every run of a sweep checked before anything loads; ``callbacks``: the sweep's progress lines and
-  final table) and the benchmarks (``bench``).
+  every run of a sweep checked before anything loads; ``callbacks``: the sweep's progress lines,
+  final table and exit code; ``tool_config``: the tools' settings read through Hydra) and the
+  benchmarks (``bench``, ``bench_scale``).
 """

@@ -2,12 +2,13 @@
 
 For OPT-13B, OPT-66B, LLaMA-2-7B and LLaMA-2-70B (grouped-query attention, 8 KV heads) this
 builds a one-block model with random weights and the exact block shapes of ``conf/shapes/<model>.json``
-(transformers' own OPTDecoderLayer / LlamaDecoderLayer from the config; a 128-token vocabulary so
-the embeddings stay small), so the engine and the pruners run unchanged (``prune_model``, as
-``runners/bench.py`` times it, diagnostics off). Each (model, pruner, token count) is measured in
-its own subprocess: pruning seconds and peak resident memory, beside the plan's prediction of
-that peak (``runners/plan.py``). Pairs the plan predicts to need more than ``mem_gb`` or more than
-``max_s`` seconds (at the idle-machine throughputs) are skipped and say so.
+(transformers' own model of the file's ``model_type`` from its fields, ``AutoConfig.for_model``
+with one block: any family; a 128-token vocabulary so the embeddings stay small), so the engine
+and the pruners run unchanged (``prune_model``, as ``runners/bench.py`` times it, diagnostics off).
+Each (model, pruner, token count) is measured in its own subprocess: pruning seconds and peak
+resident memory, beside the plan's prediction of that peak (``runners/plan.py``). Pairs the plan
+predicts to need more than ``mem_gb`` or more than ``max_s`` seconds (at the idle-machine
+throughputs) are skipped and say so.
 
 From two token counts it fits the affine cost ``t(T) = c0 + c1 T`` per block (c0: the
 token-independent work, e.g. SparseGPT's d^3 inverses) and extrapolates to the whole model at
@@ -23,6 +24,8 @@ their printed JSON lines): the (model, pruner, tokens) measured there are not me
 a table can grow over several shorter invocations; ``measure=false`` only tabulates them. The
 default ``pruners`` are ``make bench``'s (``runners.bench.default_methods``); any pruner with a
 config (built-in or plugin) and a cost model can be named, with an optional ``+refinement``.
+``--help`` lists the settings; they are read through Hydra (``BenchScaleSettings``,
+runners/tool_config.py), and a bad one is one line on stderr, exit code 2.
 """
 from __future__ import annotations
 
@@ -32,52 +35,100 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List
 
 from runners import plan
+from runners.tool_config import (SettingError, Tool, at_least, not_empty, parse as parse_settings, positive, setting,
+                                 show, valid_sparsity)
 
-DEFAULTS = {"models": "opt-13b,opt-66b,llama-2-7b,llama-2-70b", "pruners": "",
-            "seqlen": "256", "nsamples": "1,2", "mem_gb": "8", "max_s": "75", "sparsity": "0.7",
-            "out": "results/bench_scale", "reuse": "", "measure": "true"}
 PAPER_TOKENS, PAPER_SEQLEN = 128 * 2048, 2048
 MIN_RISE = 0.2  # a fitted per-token slope is used only when it moves the time by 20% or more
 TINY_VOCAB = 128
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    """``key=value`` arguments over DEFAULTS; an unknown key or a bad number is a one-line error."""
-    args = dict(DEFAULTS)
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key not in DEFAULTS:
-            raise SystemExit(f"error: unknown argument {arg!r}: accepted {', '.join(k + '=' for k in DEFAULTS)}")
-        args[key] = value
-    for key in ("seqlen", "mem_gb", "max_s"):
-        try:
-            if float(args[key]) <= 0:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"error: {key}={args[key]!r} is not valid: accepted a positive number") from None
-    if not all(x.isdigit() and int(x) > 0 for x in args["nsamples"].split(",")):
-        raise SystemExit(f"error: nsamples={args['nsamples']!r} is not valid: accepted whole numbers >= 1 such as 2,4")
-    if args["measure"] not in ("true", "false"):
-        raise SystemExit(f"error: measure={args['measure']!r} is not valid: accepted true or false")
-    if not args["pruners"]:
-        from runners.bench import default_methods
+def _models(names: list[str]) -> str | None:
+    """A check: every model has a ``conf/shapes`` file."""
+    for model in names:
+        if not (plan_shapes_dir() / f"{model}.json").is_file():
+            known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
+            raise SettingError(f"models={model!r} has no conf/shapes file: accepted {known}")
+    return None if names else "model names separated by commas"
 
-        args["pruners"] = ",".join(default_methods())
-    for method in args["pruners"].split(","):
+
+def _methods(names: list[str]) -> None:
+    """A check: every name is a pruner (or pruner+refinement) with a cost model (none: make bench's)."""
+    for method in names:
         try:
             spec = plan.method(method)
         except ValueError as err:
-            raise SystemExit(f"error: pruners={method!r}: {err}") from None
+            raise SettingError(f"pruners={method!r}: {err}") from None
         if spec.not_estimated:
-            raise SystemExit(f"error: pruners={method!r}: {spec.not_estimated}: accepted a pruner with a cost model")
-    for model in args["models"].split(","):
-        if not (plan_shapes_dir() / f"{model}.json").is_file():
-            known = ", ".join(sorted(p.stem for p in plan_shapes_dir().glob("*.json")))
-            raise SystemExit(f"error: models={model!r} has no conf/shapes file: accepted {known}")
-    return args
+            raise SettingError(f"pruners={method!r}: {spec.not_estimated}: accepted a pruner with a cost model")
+
+
+def _nsamples(values: list[int]) -> str | None:
+    return None if values and all(v >= 1 for v in values) else "whole numbers >= 1 such as 2,4"
+
+
+def _reuse(files: list[str]) -> None:
+    for name in files:
+        if not Path(name).is_file():
+            raise SettingError(f"reuse={name!r} is not a file: accepted bench_scale.json files or files of its "
+                               "printed JSON lines, separated by commas")
+
+
+@dataclass
+class BenchScaleSettings:
+    """``python -m runners.bench_scale``'s settings (``--help`` lists them)."""
+
+    models: List[str] = setting(["opt-13b", "opt-66b", "llama-2-7b", "llama-2-70b"],
+                                "the shapes measured (conf/shapes/<model>.json)", check=_models)
+    pruners: List[str] = setting([], "pruner or pruner+refinement, each with a cost model (empty: make bench's)",
+                                 check=_methods)
+    seqlen: int = setting(256, "tokens per calibration sequence", accepted="a whole number >= 1", check=at_least(1))
+    nsamples: List[int] = setting([1, 2], "the calibration sequences of each measurement (two or more give the fit "
+                                  "t = c0 + c1 T)", accepted="whole numbers >= 1 such as 2,4", check=_nsamples)
+    mem_gb: float = setting(8.0, "skip a pair the plan predicts above this peak (GB)", accepted="a positive number",
+                            check=positive)
+    max_s: float = setting(75.0, "skip a pair the plan predicts slower than this (seconds on the idle CPU)",
+                           accepted="a positive number", check=positive)
+    sparsity: str = setting("0.7", "the target sparsity", accepted="a fraction such as 0.7, 70%, or N:M such as 2:4",
+                            check=valid_sparsity)
+    out: str = setting("results/bench_scale", "the folder of bench_scale.json and bench_scale.md", accepted="a folder",
+                       check=not_empty)
+    reuse: List[str] = setting([], "earlier bench_scale.json files (or their printed JSON lines): what they "
+                               "measured is not measured again", accepted="files separated by commas", check=_reuse)
+    measure: bool = setting(True, "false: only tabulate the reused measurements")
+
+
+TOOL = Tool("python -m runners.bench_scale", BenchScaleSettings,
+            "make bench-scale: prunes one random block of each paper-scale shape with each pruner, each in "
+            "its own process; fits t = c0 + c1 T per block and extrapolates to the whole model at 128 x 2048; "
+            "writes <out>/bench_scale.json and <out>/bench_scale.md and prints the table.",
+            ("python -m runners.bench_scale mem_gb=8 max_s=75",
+             "python -m runners.bench_scale models=llama-2-7b pruners=magnitude,wanda,sparsegpt mem_gb=20 max_s=1000",
+             "python -m runners.bench_scale measure=false reuse=a/bench_scale.json,b/bench_scale.json"))
+
+
+def parse(argv: list[str]) -> BenchScaleSettings:
+    """The settings of ``argv`` through Hydra (``TOOL``; ``pruners`` empty: make bench's,
+    ``runners.bench.default_methods``); a bad key or value is one line on stderr, exit code 2."""
+    settings = parse_settings(TOOL, argv)
+    if not settings.pruners:
+        from runners.bench import default_methods
+
+        settings.pruners = default_methods()
+    return settings
+
+
+def record(settings: BenchScaleSettings) -> dict[str, str]:
+    """The settings as bench_scale.json's ``args`` records them (the command line's ``key: value`` text)."""
+    return {"models": show(settings.models), "pruners": show(settings.pruners), "seqlen": show(settings.seqlen),
+            "nsamples": show(settings.nsamples), "mem_gb": show(settings.mem_gb), "max_s": show(settings.max_s),
+            "sparsity": settings.sparsity, "out": settings.out, "reuse": show(settings.reuse),
+            "measure": show(settings.measure)}
 
 
 def plan_shapes_dir() -> Path:
@@ -106,28 +157,41 @@ def predicted_seconds(shape: plan.Shape, pruner: str, tokens: int, seqlen: int) 
 # ---- the measurement (in a child process) -------------------------------------------------
 
 
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "sep_token_id")
+
+
+def one_block_config(model: str):
+    """The transformers config of a one-block ``model``: every field of its ``conf/shapes/<model>.json``
+    (the language model's ``text_config`` of a multimodal one) through ``AutoConfig.for_model`` of
+    its ``model_type``, with one block, a ``TINY_VOCAB`` vocabulary (special token ids beyond it
+    dropped: they would index past the embeddings) and per-block lists (``layer_types``) cut to
+    the first block's entry. Any family transformers knows; the block's shapes are the model's."""
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    raw = json.loads((plan_shapes_dir() / f"{model}.json").read_text())
+    raw = dict(raw.get("text_config", raw))
+    model_type, blocks = raw.pop("model_type"), raw.get("num_hidden_layers")
+    fields = {k: (v[:1] if isinstance(v, list) and blocks and len(v) == blocks else v) for k, v in raw.items()
+              if k not in TOKEN_IDS}
+    defaults = CONFIG_MAPPING[model_type]()  # the family's own token ids, kept where they fit the vocabulary
+    for name in TOKEN_IDS:
+        ids = getattr(defaults, name, None)
+        if ids is not None and any(i >= TINY_VOCAB for i in (ids if isinstance(ids, list) else [ids])):
+            fields[name] = None
+    config = AutoConfig.for_model(model_type, **{**fields, "num_hidden_layers": 1, "vocab_size": TINY_VOCAB})
+    config._attn_implementation = "eager"
+    return config
+
+
 def build_one_block(model: str):
     """A one-block causal LM with ``model``'s block shapes and random weights (float32)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    raw = json.loads((plan_shapes_dir() / f"{model}.json").read_text())
+    config = one_block_config(model)
     torch.manual_seed(0)
-    if raw["model_type"] == "opt":
-        config = OPTConfig(hidden_size=raw["hidden_size"], ffn_dim=raw["ffn_dim"], num_hidden_layers=1,
-                           num_attention_heads=raw["num_attention_heads"], vocab_size=TINY_VOCAB,
-                           word_embed_proj_dim=raw["hidden_size"],
-                           max_position_embeddings=raw["max_position_embeddings"])
-        cls = OPTForCausalLM
-    else:
-        config = LlamaConfig(hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
-                             num_hidden_layers=1, num_attention_heads=raw["num_attention_heads"],
-                             num_key_value_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]),
-                             vocab_size=TINY_VOCAB, max_position_embeddings=raw["max_position_embeddings"])
-        cls = LlamaForCausalLM
-    config._attn_implementation = "eager"
     with torch.device("cpu"):
-        net = cls(config)
+        net = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # initialization draws are slow at this size; small random weights are all pruning needs
     with torch.no_grad():
         for p in net.parameters():
@@ -297,10 +361,10 @@ def markdown(out: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_reused(files: str) -> dict[tuple, dict]:
+def load_reused(files: list[str]) -> dict[tuple, dict]:
     """Earlier measurements by (model, pruner, tokens), from bench_scale.json files or JSON lines."""
     found = {}
-    for name in filter(None, files.split(",")):
+    for name in files:
         text = Path(name).read_text()
         try:
             rows = json.loads(text)["measurements"]
@@ -314,38 +378,39 @@ def load_reused(files: str) -> dict[tuple, dict]:
 
 def main(argv: list[str]) -> None:
     """Measure every (model, pruner, token count) that fits, then print and save the table."""
-    args = parse(argv)
-    reused = load_reused(args["reuse"])
-    seqlen, mem, max_s = int(args["seqlen"]), float(args["mem_gb"]) * plan.GB, float(args["max_s"])
+    settings = parse(argv)
+    args = record(settings)
+    reused = load_reused(settings.reuse)
+    seqlen, mem, max_s = settings.seqlen, settings.mem_gb * plan.GB, settings.max_s
     rows = []
-    for model in args["models"].split(","):
+    for model in settings.models:
         shape = shape_of(model)
-        for pruner in args["pruners"].split(","):
-            for n in (int(x) for x in args["nsamples"].split(",")):
+        for pruner in settings.pruners:
+            for n in settings.nsamples:
                 tokens = n * seqlen
                 peak, secs = predicted_peak(shape, pruner, tokens, seqlen), predicted_seconds(shape, pruner, tokens, seqlen)
                 row = {"model": model, "pruner": pruner, "tokens": tokens, "predicted_peak_gb": peak / plan.GB,
                        "predicted_s": secs}
                 if (model, pruner, tokens) in reused:
                     row = {**reused[(model, pruner, tokens)], "predicted_peak_gb": peak / plan.GB, "predicted_s": secs}
-                elif args["measure"] == "false":
+                elif not settings.measure:
                     row["skipped"] = "not measured (measure=false)"
                 elif peak > mem:
                     row["skipped"] = f"skipped: plan predicts {peak / plan.GB:.1f} GB > mem_gb={args['mem_gb']}"
                 elif secs > max_s:
                     row["skipped"] = f"skipped: plan predicts {secs:.0f} s > max_s={args['max_s']}"
                 else:
-                    row.update(run_child(model, pruner, n, seqlen, args["sparsity"]))
+                    row.update(run_child(model, pruner, n, seqlen, settings.sparsity))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if "skipped" in row or not plan.method(pruner).calibrated:
                     break  # a larger token count would not fit either; a method without calibration reads no tokens
     listed = {(r["model"], r["pruner"], r["tokens"]) for r in rows}
     for key, r in reused.items():  # earlier token counts of the same pairs (e.g. nsamples=1,2 before)
-        if key not in listed and key[0] in args["models"].split(",") and key[1] in args["pruners"].split(","):
+        if key not in listed and key[0] in settings.models and key[1] in settings.pruners:
             rows.append(r)
     out, text = table(rows, seqlen)
-    folder = Path(args["out"])
+    folder = Path(settings.out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench_scale.json").write_text(json.dumps({"args": args, "measurements": rows, "table": out}, indent=2))
     (folder / "bench_scale.md").write_text(text + "\n")

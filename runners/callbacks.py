@@ -1,9 +1,22 @@
-"""Hydra callbacks: print the results table when a run or a sweep ends, and set the exit code."""
+"""The sweep's progress lines (a Hydra callback) and the end of an invocation (its table and exit code).
+
+``Progress`` is the callback of ``hydra.callbacks.progress`` (conf/config.yaml). Its settings come
+through the Hydra config, which run.py fills on the command line it gives Hydra:
+``hydra.callbacks.progress.total=N`` (the invocation's jobs), ``.start=T`` (when it started, for
+the ETA) and ``.invocation=PID`` (in the log folder's name). Hydra instantiates it in the process
+that starts the sweep, and a launcher ships the object with Hydra's context to the processes or
+nodes that run the jobs (joblib's workers, submitit's jobs), so every job's ``run k/n`` lines know
+n and the start without any environment variable.
+
+Each job leaves ``status.json`` in its folder (run.py's ``main``). After Hydra returns, run.py
+reads them from the folder it gave Hydra (``hydra.sweep.dir`` or ``hydra.run.dir``) with
+``job_folders`` and calls ``finish``: the table of the store, a line per failure, the exit code
+(``exit_code``: 0 when every run is ok or skipped as done, 1 when any failed).
+"""
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -12,10 +25,7 @@ from omegaconf import DictConfig
 
 # Statuses that make the invocation fail (exit 1); ok and skipped-as-done runs exit 0.
 FAILED = ("error", "oom", "nan", "unavailable")
-EXIT_CODE = 0  # read by run.py after Hydra returns
-REPORTED = False  # set once the table was printed (run.py prints it itself when a sweep ends early)
 log = logging.getLogger("sweep")
-_started: dict[int, float] = {}
 
 
 def _clock(seconds: float) -> str:
@@ -60,43 +70,66 @@ def exit_code(statuses: list[str]) -> int:
     return 1 if any(s.split(":")[-1] in FAILED and not s.startswith("skipped") for s in statuses) else 0
 
 
-class PrintReport(Callback):
-    """After ``python run.py`` (single or ``-m``), write summary.csv, print the table, set EXIT_CODE."""
+def job_folders(folder: str | Path, multirun: bool) -> list[Path]:
+    """The job folders of an invocation whose jobs Hydra logs in ``folder``: its numbered
+    subfolders for a sweep (``-m``), else ``folder`` itself."""
+    folder = Path(folder)
+    if not multirun:
+        return [folder]
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
-    def _report(self, config: DictConfig, folders: list[Path]) -> None:
-        global EXIT_CODE, REPORTED
-        from runners.reporting.report import summarize
 
-        REPORTED = True
-        print(summarize(config.results.dir), flush=True)
-        statuses = job_statuses(folders)
-        dense = dense_statuses(folders)
-        EXIT_CODE = exit_code(statuses + list(dense.values()))
-        failed = [s for s in statuses if exit_code([s])]
-        if failed:
-            print(f"{len(failed)} of {len(statuses)} runs failed ({', '.join(sorted(set(failed)))}): exit code 1",
-                  flush=True)
-        for rid, status in sorted(dense.items()):
-            if exit_code([status]):
-                print(f"the dense baseline {rid} failed ({status}): exit code 1", flush=True)
+def finish(results_dir: str | Path, folders: list[Path]) -> int:
+    """The end of an invocation: write summary.csv, print the table and a line per failed run or
+    dense baseline; return the exit code from the jobs' status.json files (``exit_code``)."""
+    from runners.reporting.report import summarize
+
+    print(summarize(results_dir), flush=True)
+    statuses = job_statuses(folders)
+    dense = dense_statuses(folders)
+    failed = [s for s in statuses if exit_code([s])]
+    if failed:
+        print(f"{len(failed)} of {len(statuses)} runs failed ({', '.join(sorted(set(failed)))}): exit code 1",
+              flush=True)
+    for rid, status in sorted(dense.items()):
+        if exit_code([status]):
+            print(f"the dense baseline {rid} failed ({status}): exit code 1", flush=True)
+    return exit_code(statuses + list(dense.values()))
+
+
+class Progress(Callback):
+    """``run k/n start: <settings>`` and ``run k/n end: <status> in H:MM:SS; d/n done, sweep elapsed
+    ..., ETA ... for N more`` around every job, in the process that runs it; at the end of a sweep
+    under a launcher (joblib, submitit), one line per job in the starting process.
+
+    ``total``: the jobs of the invocation; ``start``: when it started (seconds since the epoch;
+    None: when this object was made); ``invocation``: its id, used in the log folder's name
+    (conf/config.yaml). run.py sets all three (``hydra.callbacks.progress.<key>=``)."""
+
+    def __init__(self, total: int = 1, start: float | None = None, invocation: int | str = 0) -> None:
+        self.total = max(int(total or 1), 1)
+        self.start = float(start) if start is not None else time.time()
+        self.invocation = invocation
+        self._started: dict[int, float] = {}
 
     def _position(self, config: DictConfig) -> tuple[int, int]:
-        total = int(os.environ.get("LLM_PRUNE_SWEEP_SIZE", "1") or 1)
         num = _select(config, "hydra.job.num")
-        return (int(num) + 1 if num is not None else 1), total
+        return (int(num) + 1 if num is not None else 1), self.total
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         k, n = self._position(config)
-        _started[k] = time.perf_counter()
+        self._started[k] = time.perf_counter()
         settings = " ".join(_select(config, "hydra.overrides.task") or []) or "defaults"
         log.info("run %d/%d start: %s", k, n, settings)
 
     def on_job_end(self, config: DictConfig, job_return=None, **kwargs) -> None:
         k, n = self._position(config)
-        took = time.perf_counter() - _started.pop(k, time.perf_counter())
+        took = time.perf_counter() - self._started.pop(k, time.perf_counter())
         status = getattr(job_return, "_return_value", None)
         status = status if isinstance(status, str) else "error"
-        elapsed = time.time() - float(os.environ.get("LLM_PRUNE_START", time.time()))
+        elapsed = time.time() - self.start
         # Jobs may run in parallel (joblib, submitit): count every job that has finished, in any
         # process or on any node, by the status.json files in the shared sweep folder.
         done = _finished(config) or k
@@ -104,17 +137,11 @@ class PrintReport(Callback):
         log.info("run %d/%d end: %s in %s; %d/%d done, sweep elapsed %s, ETA %s for %d more", k, n, status,
                  _clock(took), done, n, _clock(elapsed), _clock(eta), n - done)
 
-    def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        self._report(config, [Path(config.hydra.runtime.output_dir)])
-
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        folders = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         if "BasicLauncher" not in str(_select(config, "hydra.launcher._target_")):
             # The jobs' own lines went to their processes' logs (submitit: .submitit/<job>/): one line each here.
-            for folder, line in zip(folders, job_lines(folders)):
+            for line in job_lines(job_folders(config.hydra.sweep.dir, multirun=True)):
                 print(line, flush=True)
-        self._report(config, folders)
 
 
 def _finished(config: DictConfig) -> int:

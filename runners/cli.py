@@ -97,3 +97,30 @@ def results_dir(argv: list[str]) -> str:
     job = [o for o in first_point([a for a in argv if not a.startswith("-")]) if not o.startswith("hydra")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return str(compose(config_name="config", overrides=job).results.dir)
+
+
+def is_multirun(argv: list[str]) -> bool:
+    """True when the command line asks Hydra for a sweep (``-m``)."""
+    return any(a in ("-m", "--multirun") for a in argv)
+
+
+def log_folder(argv: list[str]) -> str:
+    """The folder Hydra will log the invocation's jobs in, resolved as Hydra resolves it:
+    ``hydra.sweep.dir`` for a sweep (``-m``), else ``hydra.run.dir`` (conf/config.yaml: under
+    ``results.dir``, named by the time and ``hydra.callbacks.progress.invocation``). ``argv`` holds
+    the command line and the overrides run.py adds; run.py gives the result to Hydra
+    (``hydra.sweep.dir=...``) and reads the jobs' status.json files there when Hydra returns."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (``now``), as @hydra.main registers them
+    key = "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
+    kept = (key, "hydra.callbacks.")
+    overrides = [o for o in first_point([a for a in argv if not a.startswith("-")])
+                 if not o.lstrip("+~").startswith("hydra") or o.startswith(kept)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # Hydra names the job after run.py (``hydra.job.name``); compose alone would call it ``app``
+        cfg = compose(config_name="config", overrides=["hydra.job.name=run", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # for a folder given with ${hydra:...}, as Hydra resolves it
+    return str(OmegaConf.select(cfg, key))

@@ -28,11 +28,13 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from runners.execution import claims
+from runners.tool_config import Results, Tool, parse
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +280,23 @@ def problems(results_dir: str | os.PathLike) -> list[str]:
     return lines
 
 
+@dataclass
+class CheckSettings:
+    """``python -m runners.execution.store check``'s settings (``--help`` lists them)."""
+
+    results: Results = field(default_factory=Results)
+
+
+TOOL = Tool("python -m runners.execution.store", CheckSettings,
+            "Lists every run of the store that is not in order (damaged, incomplete, claimed, stale claim) "
+            "and every leftover temporary file, one line each; exit code 0 when the store is clean, 1 otherwise.",
+            ("python -m runners.execution.store check results.dir=results",), words=("check",))
+
+
 def main(argv: list[str]) -> int:
-    """``python -m runners.execution.store check [results.dir=PATH]``: print the store's problems; 0 when clean."""
-    args = dict(a.partition("=")[::2] for a in argv[1:])
-    if argv[:1] != ["check"] or set(args) - {"results.dir"} or not all(args.values()):
-        print("usage: python -m runners.execution.store check [results.dir=PATH]", file=sys.stderr)
-        return 2
-    results_dir = args.get("results.dir", "results")
+    """``python -m runners.execution.store check [results.dir=PATH]``: print the store's problems; 0 when clean
+    (``TOOL``'s settings, read through Hydra: runners/tool_config.py; a bad one exits 2)."""
+    results_dir = parse(TOOL, argv).results.dir
     lines = problems(results_dir)
     for line in lines:
         print(line)

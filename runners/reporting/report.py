@@ -19,6 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -30,6 +31,7 @@ from runners.reporting.formatting import unavailable_everywhere, vocab_size
 from runners.reporting.leaderboard import allocation_section, leaderboard_section
 from runners.reporting.report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
 from runners.execution.store import atomic_write_text, load_metrics, read_manifest
+from runners.tool_config import Results, SettingError, Tool, parse, setting, valid_sparsity
 from runners.reporting.tables import (GROUP, VARYING, Table, normalize, notes_markdown, ppl_grid, ppl_table, sparsity_label,
                      to_csv, to_latex, to_markdown, zeroshot_grid)
 
@@ -269,29 +271,55 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
     return out / "report.md"
 
 
-def _flag(key: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise SystemExit(f"error: {key}={value!r} is not valid: accepted true, false")
+def _block_sparsity(value: str | None) -> str | None:
+    """None when ``report.block_sparsity`` is unset or a sparsity, else what is accepted."""
+    problem = valid_sparsity(value) if value not in (None, "") else None
+    return f"empty or null (the sparsity with the most runs), or {problem}" if problem else None
+
+
+@dataclass
+class ReportOptions:
+    """The ``report.*`` settings."""
+
+    compare: bool = setting(False, "also write tables/comparison.* against the published numbers")
+    block_sparsity: Optional[str] = setting(None, "the sparsity of the per-block error plot (empty or null: the "
+                                            "sparsity with the most runs)",
+                                            accepted="a sparsity such as 0.7, 70% or 2:4, empty or null",
+                                            check=_block_sparsity)
+    reference: str = setting(str(REFERENCE), "the published numbers that report.compare=true reads",
+                             accepted="a CSV file of published numbers")
+
+
+@dataclass
+class ReportSettings:
+    """``python -m runners.reporting.report``'s settings (``--help`` lists them)."""
+
+    results: Results = field(default_factory=Results)
+    report: ReportOptions = field(default_factory=ReportOptions)
+
+
+def _check(settings: ReportSettings) -> None:
+    reference = settings.report.reference
+    if settings.report.compare and not Path(reference).is_file():
+        raise SettingError(f"report.reference={reference!r} is not a file: accepted a CSV file of published numbers "
+                           "(default results/reference/published.csv)")
+
+
+TOOL = Tool("python -m runners.reporting.report", ReportSettings,
+            "Tables, plots and report.md from the results store: writes <results.dir>/summary.csv and "
+            "<results.dir>/report/, and prints the tables.",
+            ("python -m runners.reporting.report results.dir=results",
+             "python -m runners.reporting.report report.compare=true report.block_sparsity=0.7"), _check)
 
 
 def main(argv: list[str]) -> None:
-    """``python -m runners.reporting.report [results.dir=PATH] [report.compare=true] [report.block_sparsity=S]``."""
-    opts = {"results.dir": "results", "report.compare": "false", "report.block_sparsity": "",
-            "report.reference": str(REFERENCE)}
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key not in opts or not (value or key == "report.block_sparsity"):
-            raise SystemExit(f"error: unknown argument {arg!r}: accepted " + ", ".join(f"{k}=..." for k in opts))
-        opts[key] = value
-    compare_published = _flag("report.compare", opts["report.compare"])
-    if compare_published and not Path(opts["report.reference"]).exists():
-        raise SystemExit(f"error: report.reference={opts['report.reference']!r}: no such file")
-    print(summarize(opts["results.dir"]))
-    path = build_report(opts["results.dir"], compare_published, opts["report.block_sparsity"] or None,
-                        opts["report.reference"])
+    """``python -m runners.reporting.report [results.dir=PATH] [report.compare=true] [report.block_sparsity=S]
+    [report.reference=FILE]`` (``TOOL``'s settings, read through Hydra: runners/tool_config.py)."""
+    settings = parse(TOOL, argv)
+    results_dir = settings.results.dir
+    print(summarize(results_dir))
+    path = build_report(results_dir, settings.report.compare, settings.report.block_sparsity or None,
+                        settings.report.reference)
     if path is not None:
         print(f"\nreport written to {path}")
 
