@@ -37,13 +37,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from eval.blockwise import check_setting as check_blockwise
 from eval.datasets import CORPORA, check_local_dir
+from eval.perplexity import check_bos
 from eval.zeroshot import check_task_names
 from pruners.allocation import allocates
 from pruners.dense import is_dense
 from pruners.pattern import SparsityPattern
 
 from runners.cli import CONF, first_point, sweep_points
+from runners.execution.identity import check_seed
 from runners.registry import PRESENTATION, settings
 from core.families import ADAPTERS, declared, family_named
 from core.structure import refusal
@@ -72,12 +75,16 @@ def _str_or_null(value):
     return None if value is None or isinstance(value, str) else "a text or null"
 
 
-def _blockwise(value):
-    return None if isinstance(value, bool) or value == "auto" else "auto, true or false"
-
-
-def _bos(value):
-    return None if isinstance(value, bool) or value == "auto" else "auto, true or false"
+def _owned(rule):
+    """A check from the rule of the module that owns the setting (it raises a one-line
+    ``key=value is not valid: accepted ...`` ValueError): the accepted values, or None."""
+    def check(value):
+        try:
+            rule(value)
+        except ValueError as err:
+            return str(err).partition("accepted ")[2] or str(err)
+        return None
+    return check
 
 
 def _names(value):
@@ -109,7 +116,7 @@ def _limit(value):
 
 # key -> check(value) returning None when valid, else the accepted values (for the message).
 CHECKS = {
-    "seed": _int(0),
+    "seed": _owned(check_seed),
     "retry_failed": _bool,
     "plan": _bool,
     "calib.nsamples": _int(1),
@@ -117,8 +124,8 @@ CHECKS = {
     "eval.seqlen": _int(2),
     "eval.max_windows": _int(1, nullable=True),
     "eval.batch_size": _int(1),
-    "eval.blockwise": _blockwise,
-    "eval.bos": _bos,
+    "eval.blockwise": _owned(check_blockwise),
+    "eval.bos": _owned(check_bos),
     "eval.datasets": _names,
     "eval.zeroshot.tasks": _tasks,
     "eval.zeroshot.limit": _limit,

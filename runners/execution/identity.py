@@ -189,6 +189,13 @@ def dense_config(cfg: DictConfig) -> DictConfig:
     return dense
 
 
+def check_seed(seed) -> int:
+    """``seed`` (the calibration sampling seed) as a whole number >= 0; else a one-line error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} is not valid: accepted a whole number >= 0 such as 0")
+    return seed
+
+
 def run_id(key: dict) -> str:
     """Readable, unique folder name: ``<model>__<label>__<sparsity>__<hash>``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -218,9 +225,7 @@ def _device(value: str) -> str:
 
 def prepare(cfg: DictConfig) -> Run:
     """Validate and resolve every setting (ValueError naming the bad value) without loading anything."""
-    seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r} is not valid: accepted a whole number such as 0")
+    seed = check_seed(cfg.seed)
     pruner_cfg = settings(cfg.pruner)  # builder settings: the report's order and colour are not identity
     pattern = SparsityPattern.parse(cfg.sparsity)
     layers = OmegaConf.to_container(cfg.prune.layers) if OmegaConf.is_config(cfg.prune.layers) else cfg.prune.layers
