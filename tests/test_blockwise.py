@@ -57,7 +57,7 @@ def test_blockwise_does_not_change_the_run_id_and_bad_value_is_one_line():
     assert len(ids) == 1
     assert cfg().eval.blockwise == "auto" and cfg().eval.max_windows == 4  # default reaches every protocol
     problem = validate(["model=tiny-opt", "eval.blockwise=maybe"])
-    assert problem and "eval.blockwise='maybe' is not valid: accepted auto, true or false" in problem
+    assert problem and "eval.blockwise='maybe' is not valid: accepted auto, true, false" in problem
     assert "\n" not in problem
     with pytest.raises(SettingsError, match="eval.blockwise"):
         resolve(cfg("eval.blockwise=2"))

@@ -52,7 +52,7 @@ def test_every_pip_call_of_the_makefile_uses_the_constraints():
     assert "constraints.txt" in recipe.splitlines()[0]  # a changed constraints file reinstalls
     commands = [line.strip() for line in recipe.splitlines()[1:] if line.startswith("\t") and "#" not in line[:3]]
     installs = [c for c in commands if not c.startswith(("$(PYTHON) -m venv", "touch"))]
-    assert len(installs) == 4 and all(c.startswith("$(PIP_INSTALL) ") for c in installs), commands
+    assert len(installs) == 5 and all(c.startswith("$(PIP_INSTALL) ") for c in installs), commands
     assert [line for line in makefile.splitlines() if "pip install" in line] == [
         "PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt"]  # no pip call without the constraints
 

@@ -245,13 +245,14 @@ def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, l
 
 
 def test_moe_folder_is_refused_before_loading(tmp_path):
-    """A Qwen3-MoE folder (config.json only, no weights): validation refuses it in one line naming
-    its model_type, before anything loads."""
+    """A Qwen3-MoE folder: validation refuses it from its config.json in one line naming its
+    model_type, before anything loads."""
     from transformers import Qwen3MoeConfig
 
     from runners.validate import check_command_line
 
-    Qwen3MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32).save_pretrained(tmp_path)
+    config = Qwen3MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     problem = check_command_line(["model=hub", f"model.name_or_path={tmp_path}", "pruner=wanda", "sparsity=0.5"])
     assert problem is not None and "qwen3_moe" in problem and "mixture of experts" in problem, problem
 
@@ -290,7 +291,7 @@ def test_sparsellm_is_refused_up_front_for_a_family_without_a_declared_mlp(tmp_p
     naming what it supports; a LLaMA-family preset passes."""
     from runners.validate import check_command_line
 
-    Phi3Config(**{**COMMON, "max_position_embeddings": 4096}).save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_config(Phi3Config(**{**COMMON, "max_position_embeddings": 4096})).save_pretrained(tmp_path)
     for model in (["model=gemma-3-4b"], ["model=hub", f"model.name_or_path={tmp_path}"]):
         problem = check_command_line([*model, f"pruner={pruner_name}", "sparsity=0.5"])
         assert problem is not None and "declared MLP layout" in problem and "llama (gated_silu)" in problem, problem

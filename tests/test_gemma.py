@@ -148,7 +148,7 @@ def test_gemma_preset_reads_windows_after_the_bos():
 def test_bad_bos_values_are_one_line():
     """eval.bos and model.bos are checked before anything loads, one line naming key, value and accepted."""
     problem = validate(["eval.bos=yes"])
-    assert problem == "eval.bos='yes' is not valid: accepted auto, true or false"
+    assert problem == "eval.bos='yes' is not valid: accepted auto, true, false"
     problem = validate(["model=gemma3-270m", "model.bos=2"])
     assert problem == "model.bos=2 is not valid: accepted true or false"
     with pytest.raises(SettingsError, match=r"eval.bos=3 is not valid"):
