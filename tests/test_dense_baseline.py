@@ -240,7 +240,7 @@ runpy.run_path("run.py", run_name="__main__")
 """
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 @needs_data
 def test_sweep_with_a_failing_dense_baseline_exits_1_with_its_pruned_runs_ok(tmp_path):
     """Through run.py: both pruned runs ok, the dense baseline error in its own manifest and in the
