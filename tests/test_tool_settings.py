@@ -92,6 +92,7 @@ def test_store_check_defaults_compose_and_bad_settings_are_one_line(capsys, tmp_
     assert "results.dir=results" in _help(capsys, store.main, ["check", "--help"])
 
 
+@pytest.mark.subprocess
 def test_store_check_command_line_exit_code_2():
     """The one subprocess check of the tools' error path: stderr is the one line, exit code 2."""
     proc = subprocess.run([sys.executable, "-m", "runners.execution.store", "check", "results.dirr=x"], cwd=ROOT,
