@@ -416,7 +416,7 @@ def test_build_family_defaults_and_validation():
     for bad in bad_settings:
         with pytest.raises(ValueError):
             build(**bad)
-    with pytest.raises(ValueError, match="unknown MLP kind"):
+    with pytest.raises(ValueError, match="declared MLP layout.*has .gelu.: accepted"):
         pruner.hyperparameters("gelu")
 
 
