@@ -23,6 +23,8 @@ from typing import Callable
 from torch import nn
 from transformers import LlamaConfig, OPTConfig, PretrainedConfig
 
+from . import experts
+
 
 
 @dataclass
@@ -98,9 +100,10 @@ class FamilyAdapter:
         return None
 
     def linear_groups(self, block: nn.Module) -> list[LinearGroup]:
-        """Groups of prunable Linears that read the same input, in forward order."""
+        """Groups of prunable Linears that read the same input, in forward order; the experts of a
+        mixture-of-experts block, split for pruning (core/experts.py), last: two groups per expert."""
         return [LinearGroup(role, [n for n in names if _optional(block, n) is not None])
-                for role, names in self.groups]
+                for role, names in self.groups] + [LinearGroup(role, names) for role, names in experts.groups(block)]
 
     def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         """Every prunable Linear of a block by its name inside the block, in forward order."""

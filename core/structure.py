@@ -2,8 +2,8 @@
 
 * The blocks: the ``nn.ModuleList`` of ``config.num_hidden_layers`` modules that the base
   model iterates (found by path, the shortest such list).
-* The prunable matrices of a block: its ``nn.Linear`` modules (routers of mixture-of-experts
-  models are refused before loading, see ``refusal``).
+* The prunable matrices of a block: its ``nn.Linear`` modules, and the experts of a
+  mixture-of-experts block once split into Linears (core/experts.py; the router stays dense).
 * Which of them read the same input: watched in one short forward of the model (two tokens, up
   to the end of block 0): Linears handed the very same input tensor share their statistics
   (q, k, v; gate, up). Groups are kept in the order the forward reaches them; a group whose
@@ -21,7 +21,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import experts
+
+# config.json fields that count a mixture-of-experts model's routed experts, and the number each token reaches.
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k")
+# Mixture-of-experts families of transformers 5 whose fused experts have another layout than
+# the one core/experts.py splits (the flags of their ``use_experts_implementation``).
+OTHER_EXPERT_LAYOUTS = {
+    "aria_text": "transposed", "aria": "transposed", "ergo": "transposed and without a gate",
+    "gpt_oss": "transposed, gate and up interleaved, with biases", "muse_spark_text": "with a norm after each expert",
+    "nemotron_h": "without a gate", "openai_privacy_filter": "transposed, with biases",
+}
 
 
 def refusal(config: dict) -> str | None:
@@ -31,11 +42,10 @@ def refusal(config: dict) -> str | None:
     what = f"model_type={model_type!r}"
     if config.get("is_encoder_decoder"):
         return f"{what} is an encoder-decoder model: accepted decoder-only causal LMs"
-    experts = next((config[k] for k in MOE_KEYS if config.get(k)), None)
-    if experts:
-        return (f"{what} is a mixture of experts ({experts} experts): pruning experts (fused 3-D expert "
-                f"parameters, per-expert routed statistics) is not supported yet: accepted dense decoder-only "
-                f"causal LMs")
+    layout = OTHER_EXPERT_LAYOUTS.get(model_type)
+    if layout:
+        return (f"{what} stores its experts {layout}: accepted mixture-of-experts models whose fused experts "
+                f"are gated, gate and up concatenated, not transposed, without biases (core/experts.py)")
     if not config.get("num_hidden_layers"):
         return f"{what} has no num_hidden_layers in its config.json: the decoder blocks cannot be found"
     return None
@@ -64,8 +74,9 @@ def watch_inputs(model: nn.Module, blocks_path: str) -> list[list[str]]:
     block = blocks[0]
     groups: list[tuple[torch.Tensor, list[str]]] = []
     handles = []
+    routed = experts.expert_paths(block)  # split experts: grouped per expert, not by watching
     for name, module in block.named_modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and not experts.inside(name, routed):
             def hook(_m, args, name=name):
                 for x, names in groups:
                     if args[0] is x:
@@ -131,7 +142,8 @@ def discover(model: nn.Module) -> dict:
     path = find_blocks(model)
     groups = watch_inputs(model, path)
     block = model.get_submodule(path)[0]
-    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    routed = experts.expert_paths(block)
+    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear) and not experts.inside(n, routed)}
     unseen = [n for n in linears if not any(n in g for g in groups)]
     if unseen:
         raise ValueError(f"model_type={config.model_type!r}: Linears {unseen} of block 0 are not reached by a "

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from core.families import FAMILIES, FamilyAdapter, declared
+from core.structure import MOE_KEYS, TOP_K_KEYS
 
 STAT_BYTES = 4  # statistics, Hessians and SparseLLM auxiliaries are float32 whatever the dtype
 # Bytes per weight of the largest Linear that a scoring method without weight update (magnitude,
@@ -40,7 +41,12 @@ PASS_SECONDS = 134.2
 
 @dataclass(frozen=True)
 class Shape:
-    """A decoder's shapes, from its config.json fields; the block's layout is its family's."""
+    """A decoder's shapes, from its config.json fields; the block's layout is its family's.
+
+    A mixture-of-experts block (``experts`` > 0) has the family's attention and, instead of one
+    MLP, ``experts`` gated experts of width ``ffn`` of which each token reaches
+    ``experts_per_token``; its router (``experts x hidden``) is counted in the weights, never
+    pruned. Every expert is pruned; the calibration tokens are shared among them."""
     family: str
     hidden: int
     ffn: int
@@ -51,45 +57,59 @@ class Shape:
     vocab: int
     positions: int
     tied: bool
+    experts: int = 0
+    experts_per_token: int = 0
 
     @classmethod
     def from_config(cls, raw: dict, family: str) -> "Shape":
-        """From config.json fields: the MLP width is the family's ``ffn_key`` field, and a field the
-        file leaves out takes the family's config class default (``tie_word_embeddings``). ``family``
-        is a family name or a ``model_type`` of one."""
+        """From config.json fields: the MLP width is the family's ``ffn_key`` field (an expert's,
+        ``moe_intermediate_size``, when given), and a field the file leaves out takes the family's
+        config class default (``tie_word_embeddings``). ``family`` is a family name or a
+        ``model_type`` of one."""
         adapter = family_of(family if family in FAMILIES else raw.get("model_type"))
         defaults = type(adapter.tiny_config({}))()
         hidden, heads = int(raw["hidden_size"]), int(raw.get("num_attention_heads", 1))
-        return cls(family=adapter.family, hidden=hidden, ffn=int(raw[adapter.ffn_key]),
+        experts = int(next((raw[k] for k in MOE_KEYS if raw.get(k)), 0))
+        per_token = int(next((raw[k] for k in TOP_K_KEYS if raw.get(k)), 0)) if experts else 0
+        ffn = raw.get("moe_intermediate_size") if experts and raw.get("moe_intermediate_size") else raw[adapter.ffn_key]
+        return cls(family=adapter.family, hidden=hidden, ffn=int(ffn),
                    blocks=int(raw["num_hidden_layers"]), heads=heads,
                    kv_heads=int(raw.get("num_key_value_heads") or heads),
                    head_dim=int(raw.get("head_dim") or hidden // heads), vocab=int(raw.get("vocab_size", 50272)),
                    positions=int(raw.get("max_position_embeddings", 2048)),
-                   tied=bool(raw.get("tie_word_embeddings", defaults.tie_word_embeddings)))
+                   tied=bool(raw.get("tie_word_embeddings", defaults.tie_word_embeddings)),
+                   experts=experts, experts_per_token=per_token)
 
     @property
     def adapter(self) -> FamilyAdapter:
         return FAMILIES[self.family]
 
-    def linears(self) -> list[tuple[str, int, int]]:
-        """``(name, in, out)`` of every Linear of one block, in the family's forward order: the
-        first attention input Linear (q) has every head, the others (k, v) the key/value heads."""
+    def input_groups(self) -> list[tuple[list[tuple[str, int, int]], float]]:
+        """Every group of Linears sharing one input, in the family's forward order, as
+        ``([(name, in, out), ...], share)``: ``share`` is the fraction of the tokens the group reads
+        (1; an expert's, ``experts_per_token / experts``). The first attention input Linear (q)
+        has every head, the others (k, v) the key/value heads."""
         h, f, attn, kv = self.hidden, self.ffn, self.heads * self.head_dim, self.kv_heads * self.head_dim
         widths = {"attn_out": (attn, h), "mlp_in": (h, f), "mlp_out": (f, h)}
         out = []
         for role, names in self.adapter.groups:
-            for i, name in enumerate(names):
-                d_in, d_out = (h, attn if i == 0 else kv) if role == "attn_in" else widths[role]
-                out.append((name, d_in, d_out))
+            if self.experts and role.startswith("mlp"):
+                continue
+            out.append(([(name, *((h, attn if i == 0 else kv) if role == "attn_in" else widths[role]))
+                         for i, name in enumerate(names)], 1.0))
+        share = self.experts_per_token / self.experts if self.experts else 1.0
+        for e in range(self.experts):
+            at = f"mlp.experts.{e}."
+            out += [([(at + "gate_proj", h, f), (at + "up_proj", h, f)], share), ([(at + "down_proj", f, h)], share)]
         return out
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """``(name, in, out)`` of every prunable Linear of one block (each expert's), in forward order."""
+        return [x for group, _share in self.input_groups() for x in group]
 
     def groups(self) -> list[int]:
         """Input width of each group of Linears sharing one input (one Hessian each)."""
-        linears, widths, i = self.linears(), [], 0
-        for _, names in self.adapter.groups:
-            widths.append(linears[i][1])
-            i += len(names)
-        return widths
+        return [group[0][1] for group, _share in self.input_groups()]
 
     def mlp_linears(self) -> list[tuple[str, int, int]]:
         """The MLP's Linears (its input Linears, then the down projection)."""
@@ -103,7 +123,27 @@ class Shape:
 
     @property
     def block_params(self) -> int:
+        """Prunable weights of one block (every expert's)."""
         return sum(i * o for _, i, o in self.linears())
+
+    @property
+    def router_params(self) -> int:
+        """The router of a mixture-of-experts block (experts x hidden; 0 without experts)."""
+        return self.experts * self.hidden
+
+    @property
+    def active_params(self) -> int:
+        """Weights one token multiplies in a block: all of a dense block; attention, the router
+        and ``experts_per_token`` experts of a mixture-of-experts one."""
+        if not self.experts:
+            return self.block_params
+        expert = 3 * self.hidden * self.ffn
+        return self.block_params - self.experts * expert + self.experts_per_token * expert + self.router_params
+
+    @property
+    def active_ffn(self) -> int:
+        """MLP activations per token: the MLP's width, or the widths of the experts it reaches."""
+        return self.ffn * max(1, self.experts_per_token)
 
     @property
     def position_rows(self) -> int:
@@ -115,9 +155,10 @@ class Shape:
 
     @property
     def params(self) -> int:
-        """All weights: blocks, embeddings (and learned positions), the head unless tied."""
+        """All weights: blocks (routers included), embeddings (and learned positions), the head unless tied."""
         embed = self.vocab * self.hidden + self.position_rows * self.hidden
-        return self.blocks * self.block_params + embed + (0 if self.tied else self.vocab * self.hidden)
+        return (self.blocks * (self.block_params + self.router_params) + embed
+                + (0 if self.tied else self.vocab * self.hidden))
 
 
 def family_of(name: str | None) -> FamilyAdapter:
@@ -133,9 +174,9 @@ SMOLLM2 = Shape("llama", 576, 1536, 30, 9, 3, 64, 49152, 8192, True)
 
 
 def pass_flops(shape: Shape, tokens: int, seqlen: int) -> float:
-    """One forward of ``tokens`` through one block: 2 x weights per token, plus the attention
-    scores and their weighted sum (2 x seqlen x heads x head_dim each, full square as computed)."""
-    return 2.0 * shape.block_params * tokens + 4.0 * tokens * seqlen * shape.heads * shape.head_dim
+    """One forward of ``tokens`` through one block: 2 x the weights each token multiplies, plus the
+    attention scores and their weighted sum (2 x seqlen x heads x head_dim each, full square as computed)."""
+    return 2.0 * shape.active_params * tokens + 4.0 * tokens * seqlen * shape.heads * shape.head_dim
 
 
 def _bench_pass_rate() -> float:

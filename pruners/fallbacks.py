@@ -9,7 +9,9 @@ Outside ``collecting`` (a pruner called directly, e.g. in a unit test) events ar
 Kinds used here: ``cholesky_damping_raised`` (SparseGPT: the dampened Hessian was not
 positive definite in float32), ``ridge_raised`` (SparseLLM least squares), ``nonfinite_iterate_skipped``
 (SparseLLM: an iterate with non-finite weights was not taken), ``aux_overflow_stop``
-(SparseLLM: the auxiliaries overflowed and the iterations stopped early).
+(SparseLLM: the auxiliaries overflowed and the iterations stopped early), ``unrouted_expert_magnitude``
+(the engine: no calibration token reached a mixture-of-experts expert, so its matrices were pruned by
+magnitude, the one selection that needs no statistics).
 """
 from __future__ import annotations
 

@@ -299,8 +299,8 @@ def linears_flops(linears: list[tuple[str, int, int]]) -> float:
 
 
 def hessian_flops(shape: Shape, tokens: int) -> float:
-    """Every input group's Hessian over ``tokens``: 2 T d^2 each."""
-    return sum(2.0 * tokens * d * d for d in shape.groups())
+    """Every input group's Hessian over the tokens it reads (an expert: its routed share): 2 T d^2 each."""
+    return sum(2.0 * tokens * share * group[0][1] ** 2 for group, share in shape.input_groups())
 
 
 def hessian_bytes(shape: Shape) -> float:

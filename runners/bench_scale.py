@@ -1,6 +1,8 @@
 """Paper-scale shapes without the weights (``make bench-scale``).
 
-For OPT-13B, OPT-66B, LLaMA-2-7B and LLaMA-2-70B (grouped-query attention, 8 KV heads) this
+For OPT-13B, OPT-66B, LLaMA-2-7B, LLaMA-2-70B (grouped-query attention, 8 KV heads),
+Llama-3.1-8B and Qwen3-30B-A3B (128 fused experts, 8 per token: each expert pruned from its
+routed tokens) this
 builds a one-block model with random weights and the exact block shapes of ``conf/shapes/<model>.json``
 (transformers' own model of the file's ``model_type`` from its fields, ``AutoConfig.for_model``
 with one block: any family; a 128-token vocabulary so the embeddings stay small), so the engine
@@ -17,7 +19,7 @@ seqlen 2048 over the measured seqlen). Printed: per block the measured seconds a
 scaling exponent against tokens (log t2/t1 over log T2/T1), the exponent against hidden size
 (least squares across the measured models), and the extrapolated whole-model time and memory.
 
-Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b]
+Usage: ``python -m runners.bench_scale [models=opt-13b,opt-66b,llama-2-7b,llama-2-70b,llama-3.1-8b,qwen3-30b-a3b]
 [pruners=magnitude,wanda,...] [seqlen=256] [nsamples=1,2] [mem_gb=8] [max_s=75]
 [out=results/bench_scale] [reuse=FILE,...]``; ``reuse`` takes earlier ``bench_scale.json`` files (or
 their printed JSON lines): the (model, pruner, tokens) measured there are not measured again, so
@@ -83,7 +85,7 @@ def _reuse(files: list[str]) -> None:
 class BenchScaleSettings:
     """``python -m runners.bench_scale``'s settings (``--help`` lists them)."""
 
-    models: List[str] = setting(["opt-13b", "opt-66b", "llama-2-7b", "llama-2-70b"],
+    models: List[str] = setting(["opt-13b", "opt-66b", "llama-2-7b", "llama-2-70b", "llama-3.1-8b", "qwen3-30b-a3b"],
                                 "the shapes measured (conf/shapes/<model>.json)", check=_models)
     pruners: List[str] = setting([], "pruner or pruner+refinement, each with a cost model (empty: make bench's)",
                                  check=_methods)
@@ -195,7 +197,7 @@ def build_one_block(model: str):
     # initialization draws are slow at this size; small random weights are all pruning needs
     with torch.no_grad():
         for p in net.parameters():
-            if p.dim() == 2:
+            if p.dim() >= 2:  # matrices, and a mixture of experts' fused 3-D experts
                 p.normal_(0.0, 0.02)
     return net.eval()
 
@@ -220,12 +222,10 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     tokens = torch.randint(0, TINY_VOCAB, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with provenance.PeakMemory("cpu") as mem:
-        prune_model(net, adapter, pruner, SparsityPattern.parse(sparsity),
-                    tokens if calibrated else None, [0], "cpu", diagnostics=False, refine=refine)
+        report = prune_model(net, adapter, pruner, SparsityPattern.parse(sparsity),
+                             tokens if calibrated else None, [0], "cpu", diagnostics=False, refine=refine)
     seconds = time.perf_counter() - start
-    linears = adapter.linears(adapter.blocks(net)[0])
-    zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
-    numel = sum(m.weight.numel() for m in linears.values())
+    zeros, numel = sum(r["zeros"] for r in report.layers), sum(r["numel"] for r in report.layers)  # experts too
     return {"seconds": seconds, "peak_rss_mb": mem.summary()["peak_rss_mb"], "sparsity": zeros / numel,
             "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
             "rss_start_mb": rss_start, "rss_built_mb": rss_built}

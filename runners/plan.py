@@ -144,13 +144,13 @@ def prune_bytes(shape: Shape, spec, tokens: int, seqlen: int, batch: int, weight
     when pruning reads calibration data or diagnostics are on), and the method's own memory."""
     calibrated = method(spec).calibrated or diagnostics
     states = (3 if diagnostics else 2) * tokens * shape.hidden * weight_bytes if calibrated else 0
-    acts = batch * seqlen * (3 * shape.ffn + shape.heads * seqlen) * weight_bytes if calibrated else 0
+    acts = batch * seqlen * (3 * shape.active_ffn + shape.heads * seqlen) * weight_bytes if calibrated else 0
     return states + acts + method_working_bytes(shape, spec, tokens, weight_bytes)
 
 
 def eval_bytes(shape: Shape, seqlen: int, batch: int, weight_bytes: int) -> float:
     """Working set of perplexity: float32 logits and their log-softmax, one window's activations."""
-    return batch * seqlen * (2 * shape.vocab * STAT_BYTES + (3 * shape.ffn + shape.heads * seqlen) * weight_bytes)
+    return batch * seqlen * (2 * shape.vocab * STAT_BYTES + (3 * shape.active_ffn + shape.heads * seqlen) * weight_bytes)
 
 
 # ---- the protocol's token counts ----------------------------------------------------------
@@ -244,7 +244,7 @@ def estimate(shape: Shape, cfg: DictConfig, spec, n_layers: int, eval_tok: int, 
 
     def seconds(speedup: float) -> float:
         """Start-up, then evaluation and pruning at the CPU rates divided by ``speedup``."""
-        flops_eval = eval_tok * (2.0 * (shape.blocks * shape.block_params + shape.vocab * shape.hidden)
+        flops_eval = eval_tok * (2.0 * (shape.blocks * shape.active_params + shape.vocab * shape.hidden)
                                  + 4.0 * s_eval * shape.heads * shape.head_dim * shape.blocks)
         work = flops_eval / PASS_RATE
         if n_layers:

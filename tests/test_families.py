@@ -1,9 +1,10 @@
 """Current model families on tiny seeded random models built from transformers' own config
 classes: Llama-3 (llama3 rope scaling), Qwen3, Mistral (sliding window shorter than the
 window), Gemma-3 (mixed ``layer_types``, sliding window shorter than the window) and Phi-3
-(fused ``qkv_proj`` and ``gate_up_proj``). Block-by-block perplexity equals the whole model's
-and transformers' own loss; every block is called with its own arguments; every pruner gives
-exact zero counts; a fused model prunes as its unfused copy."""
+(fused ``qkv_proj`` and ``gate_up_proj``) and Qwen3-MoE (fused 3-D experts). Block-by-block
+perplexity equals the whole model's and transformers' own loss; every block is called with its
+own arguments; every pruner gives exact zero counts, each expert's too; a fused model prunes as
+its unfused copy; each expert is pruned from the tokens routed to it."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config,
-                          Qwen3Config)
+                          Qwen3Config, Qwen3MoeConfig)
 
 from core.families import adapter_for
 from core.structure import refusal
@@ -43,10 +44,12 @@ def family_config(name: str):
                                 layer_types=["sliding_attention", "full_attention"] * 2)
     if name == "phi3":
         return Phi3Config(**COMMON)
+    if name == "qwen3moe":  # 8 experts of width 32, 2 per token
+        return Qwen3MoeConfig(**COMMON, head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
     raise KeyError(name)
 
 
-FAMILIES = ["llama3", "qwen3", "mistral", "gemma3", "phi3"]
+FAMILIES = ["llama3", "qwen3", "mistral", "gemma3", "phi3", "qwen3moe"]
 
 
 def build(name: str, seed: int = 0):
@@ -111,8 +114,8 @@ def test_structure_found_without_declaration():
 
 
 @pytest.mark.parametrize("config,expected", [
-    ({"model_type": "qwen3_moe", "num_hidden_layers": 2, "num_experts": 8}, "mixture of experts"),
-    ({"model_type": "mixtral", "num_hidden_layers": 2, "num_local_experts": 8}, "mixture of experts"),
+    ({"model_type": "gpt_oss", "num_hidden_layers": 2, "num_local_experts": 8}, "transposed"),
+    ({"model_type": "nemotron_h", "num_hidden_layers": 2, "n_routed_experts": 8}, "without a gate"),
     ({"model_type": "t5", "is_encoder_decoder": True, "num_layers": 2}, "encoder-decoder"),
     ({"model_type": "odd"}, "num_hidden_layers"),
 ])
@@ -134,17 +137,33 @@ def _pruner(name: str):
 PRUNERS = ["magnitude", "wanda", "sparsegpt", "ria", "alps", "wanda+dsnot"]
 
 
-def _zeros_exact(model, pattern: SparsityPattern):
-    """Every prunable matrix (each part of a fused one) holds exactly its share of zeros; N:M in every group."""
+def _matrices(model):
+    """Every prunable matrix of the model as transformers holds it: each Linear of each block (each
+    part of a fused one), and each expert's gate, up and down slice of the fused 3-D experts."""
     family = adapter_for(model)
-    for block in family.blocks(model):
+    for i, block in enumerate(family.blocks(model)):
         for name, linear in family.linears(block).items():
             for part, rows in family.row_parts(name) or [(name, slice(None))]:
-                w = linear.weight.data[rows]
-                assert int((w == 0).sum()) == w.numel() // 2, (name, part)
-                if pattern.is_nm:
-                    groups = (w.reshape(w.shape[0], -1, pattern.m) == 0).sum(-1)
-                    assert bool((groups == pattern.n_zero).all()), (name, part)
+                yield f"{i}.{name}.{part}", linear.weight.data[rows]
+        for path, module in block.named_modules():
+            if isinstance(getattr(module, "gate_up_proj", None), torch.nn.Parameter):
+                gate, up = module.gate_up_proj.data.chunk(2, dim=1)
+                for e in range(len(gate)):
+                    yield from ((f"{i}.{path}.{e}.{n}", w[e]) for n, w in
+                                (("gate", gate), ("up", up), ("down", module.down_proj.data)))
+
+
+def _zeros_exact(model, pattern: SparsityPattern):
+    """Every prunable matrix (each part of a fused one, each expert's) holds exactly its share of
+    zeros; N:M in every group."""
+    seen = 0
+    for name, w in _matrices(model):
+        seen += 1
+        assert int((w == 0).sum()) == w.numel() // 2, name
+        if pattern.is_nm:
+            groups = (w.reshape(w.shape[0], -1, pattern.m) == 0).sum(-1)
+            assert bool((groups == pattern.n_zero).all()), name
+    return seen
 
 
 @pytest.mark.slow
@@ -160,7 +179,7 @@ def test_every_pruner_gives_exact_zero_counts(name, sparsity):
         family = adapter_for(model)
         prune_model(model, family, pruner, pattern, x, list(range(4)), "cpu", batch_size=2,
                     diagnostics=False, refine=refine)
-        _zeros_exact(model, pattern)
+        assert _zeros_exact(model, pattern) == 4 * {"phi3": 6, "qwen3moe": 4 + 8 * 3}.get(name, 7)
         assert torch.isfinite(window_losses(model, x, "cpu", 2)).all(), pruner_name
 
 
@@ -211,11 +230,14 @@ def test_fused_phi3_prunes_as_its_unfused_copy(pruner_name, sparsity):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gemma3", "phi3"])
+@pytest.mark.parametrize("name", ["gemma3", "phi3", "qwen3moe"])
 def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, local_data, monkeypatch, name):
-    """A tiny Gemma-3 / Phi-3 saved as a Hugging Face folder runs through ``model=hub
+    """A tiny Gemma-3 / Phi-3 / Qwen3-MoE saved as a Hugging Face folder runs through ``model=hub
     model.name_or_path=FOLDER`` (offline, eval windows longer than the sliding window): SparseGPT
-    2:4 ends ok and the saved model holds exactly 2 zeros in every group of 4 of every matrix."""
+    2:4 ends ok and the saved model holds exactly 2 zeros in every group of 4 of every matrix,
+    each expert's slice of the fused 3-D experts included."""
+    import json
+
     from safetensors.torch import load_file
 
     from runners.execution.job import run_job
@@ -237,27 +259,47 @@ def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, l
     saved = [p for p in (tmp_path / "results").rglob("model.safetensors")]
     assert len(saved) == 1
     weights = load_file(saved[0])
-    matrices = [k for k in weights if k.startswith("model.layers.") and k.endswith("proj.weight")]
-    assert len(matrices) == 4 * {"gemma3": 7, "phi3": 4}[name]  # q, k, v, o, gate, up, down; qkv, o, gate_up, down
-    for key in matrices:
-        w = weights[key]
+    matrices = {k: w for k, w in weights.items() if k.startswith("model.layers.") and k.endswith("proj.weight")}
+    for key in [k for k in weights if k.endswith("experts.gate_up_proj")]:  # should a checkpoint keep them fused
+        matrices.update({f"{key}.{e}.{part}": w for e, both in enumerate(weights[key])
+                         for part, w in zip(("gate", "up"), both.chunk(2))})
+    for key in [k for k in weights if k.endswith("experts.down_proj")]:
+        matrices.update({f"{key}.{e}": w for e, w in enumerate(weights[key])})
+    # q, k, v, o, gate, up, down; qkv, o, gate_up, down; q, k, v, o and 8 experts' gate, up and down
+    assert len(matrices) == 4 * {"gemma3": 7, "phi3": 4, "qwen3moe": 4 + 8 * 3}[name]
+    for key, w in matrices.items():
         assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all()), key
+    if name == "qwen3moe":  # the router is not pruned; every expert's routed tokens are in blocks.csv and
+        # each expert that got none is a stated fallback in the manifest
+        import pandas as pd
+
+        assert all(bool((weights[f"model.layers.{i}.mlp.gate.weight"] != 0).all()) for i in range(4))
+        run = next((tmp_path / "results").rglob("runs/*sparsegpt*/manifest.json")).parent
+        blocks = pd.read_csv(run / "blocks.csv")
+        routed = blocks[blocks.metric == "expert_tokens"]
+        per_block = routed.groupby("block").value.sum()  # each calibration token reaches 2 experts of each block
+        assert len(routed) == 4 * 8 and per_block.nunique() == 1 and per_block.iloc[0] % 2 == 0
+        unrouted = json.loads((run / "manifest.json").read_text())["fallbacks"]["by_kind"].get(
+            "unrouted_expert_magnitude", 0)
+        assert unrouted == int((routed.value == 0).sum())
 
 
-def test_moe_folder_is_refused_before_loading(tmp_path):
-    """A Qwen3-MoE folder: validation refuses it from its config.json in one line naming its
-    model_type, before anything loads."""
-    from transformers import Qwen3MoeConfig
+def test_moe_of_another_expert_layout_is_refused_before_loading(tmp_path):
+    """A GPT-OSS folder (transposed experts with biases): validation refuses it from its config.json
+    in one line naming its model_type and the layout it accepts, before anything loads."""
+    from transformers import GptOssConfig
 
     from runners.validate import check_command_line
 
-    config = Qwen3MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    config = GptOssConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                          layer_types=["full_attention"] * 4)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     problem = check_command_line(["model=hub", f"model.name_or_path={tmp_path}", "pruner=wanda", "sparsity=0.5"])
-    assert problem is not None and "qwen3_moe" in problem and "mixture of experts" in problem, problem
+    assert problem is not None and "gpt_oss" in problem and "transposed" in problem and "\n" not in problem, problem
 
 
-PRESETS = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-8b", "mistral-7b-v0.3", "gemma-3-4b", "phi-3-mini"]
+PRESETS = ["llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "qwen3-8b", "mistral-7b-v0.3", "gemma-3-4b", "phi-3-mini",
+           "mixtral-8x7b", "qwen3-30b-a3b"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -278,10 +320,13 @@ def test_preset_shapes_count_the_weights_transformers_builds(preset):
     assert net.config.num_hidden_layers == raw["num_hidden_layers"]
     family = OmegaConf.load(CONF / "model" / f"{preset}.yaml").family
     shape = plan.Shape.from_config(raw, str(family))
-    unique = {id(p): p for p in net.parameters() if p.dim() == 2}.values()
+    unique = {id(p): p for p in net.parameters() if p.dim() >= 2}.values()  # matrices, routers, 3-D experts
     assert shape.params == sum(p.numel() for p in unique)
     block = net.model.layers[0]
-    assert shape.block_params == sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    fused_experts = [p for n, p in block.named_parameters() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert shape.block_params == sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear)) \
+        + sum(p.numel() for p in fused_experts)
+    assert len(fused_experts) == (2 if shape.experts else 0)
     assert refusal(raw) is None
 
 
@@ -296,3 +341,52 @@ def test_sparsellm_is_refused_up_front_for_a_family_without_a_declared_mlp(tmp_p
         problem = check_command_line([*model, f"pruner={pruner_name}", "sparsity=0.5"])
         assert problem is not None and "declared MLP layout" in problem and "llama (gated_silu)" in problem, problem
     assert check_command_line(["model=qwen3-8b", f"pruner={pruner_name}", "sparsity=0.5"]) is None
+
+
+def test_each_expert_is_pruned_from_the_tokens_routed_to_it():
+    """Wanda on Qwen3-MoE: expert e's gate and up matrices of block 0 keep exactly the weights an
+    independent computation keeps: |W| x the input norms of only the tokens the router sends to e
+    (recomputed here from the router's own weights), top 50% per row. Norms over all tokens
+    would select differently: the test can tell."""
+    model, x = build("qwen3moe"), tokens(2)
+    mlp = model.model.layers[0].mlp
+    seen = []
+    handle = mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        model(input_ids=x)
+    handle.remove()
+    h = torch.cat(seen)
+    top = torch.topk(torch.softmax(h @ mlp.gate.weight.T, dim=-1), 2, dim=-1).indices
+    gate_up = mlp.experts.gate_up_proj.data.clone()
+    pruner, _ = _pruner("wanda")
+    prune_model(model, adapter_for(model), pruner, SparsityPattern.parse(0.5), x, [0], "cpu", batch_size=2,
+                diagnostics=False)
+    pruned = model.model.layers[0].mlp.experts.gate_up_proj.data
+    checked = 0
+    for e in range(8):
+        routed = h[(top == e).any(-1)]
+        if len(routed) == 0:
+            continue
+        for rows in (slice(0, 32), slice(32, 64)):  # gate, up
+            w = gate_up[e, rows]
+            keep = (w.abs() * routed.pow(2).sum(0).sqrt()).argsort(dim=1, descending=True, stable=True)[:, :32]
+            expected = torch.zeros_like(w).scatter(1, keep, w.gather(1, keep))
+            torch.testing.assert_close(pruned[e, rows], expected, rtol=0, atol=0)
+            everyone = (w.abs() * h.pow(2).sum(0).sqrt()).argsort(dim=1, descending=True, stable=True)[:, :32]
+            checked += int(not torch.equal(keep.sort(1).values, everyone.sort(1).values))
+    assert checked > 0  # routed statistics made a difference somewhere
+
+
+def test_split_experts_forward_as_fused_and_join_back_exactly():
+    """Split into Linears, the experts compute what the fused module computes; joined back, the
+    fused parameters are bit for bit the ones before."""
+    from core import experts
+
+    model, x = build("qwen3moe"), tokens(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = window_losses(model, x, "cpu", 2)
+    with experts.split_experts(model) as count:
+        assert count == 4 and isinstance(model.model.layers[0].mlp.experts, experts.SplitExperts)
+        torch.testing.assert_close(window_losses(model, x, "cpu", 2), fused, rtol=1e-6, atol=0)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

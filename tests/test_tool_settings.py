@@ -173,7 +173,8 @@ def test_bench_times_the_model_it_is_given(capsys, local_data, cache_dir, tmp_pa
 
 def test_bench_scale_defaults_and_the_makefile_arguments_compose():
     s = tool_config.compose_settings(bench_scale.TOOL, [])
-    assert s.models == ["opt-13b", "opt-66b", "llama-2-7b", "llama-2-70b"] and s.nsamples == [1, 2]
+    assert s.models == ["opt-13b", "opt-66b", "llama-2-7b", "llama-2-70b", "llama-3.1-8b", "qwen3-30b-a3b"]
+    assert s.nsamples == [1, 2]
     assert (s.seqlen, s.mem_gb, s.max_s, s.sparsity, s.reuse, s.measure) == (256, 8.0, 75.0, "0.7", [], True)
     s = bench_scale.parse(["mem_gb=8", "max_s=75"])  # make bench-scale ARGS="mem_gb=8 max_s=75"
     from runners.bench import default_methods
@@ -219,13 +220,15 @@ def test_one_block_is_the_shapes_family_with_one_block():
                                              num_attention_heads=64, num_key_value_heads=8, vocab_size=vocab,
                                              max_position_embeddings=4096))
         built = {m: AutoModelForCausalLM.from_config(bench_scale.one_block_config(m))
-                 for m in ("opt-13b", "llama-2-70b", "phi-3-mini", "gemma-3-4b", "qwen3-8b")}
+                 for m in ("opt-13b", "llama-2-70b", "phi-3-mini", "gemma-3-4b", "qwen3-8b", "qwen3-30b-a3b")}
     assert params(built["opt-13b"]) == params(opt) and params(built["llama-2-70b"]) == params(llama)
     for model, net in built.items():
         assert net.config.num_hidden_layers == 1 and net.config.vocab_size == vocab, model
     assert type(built["phi-3-mini"]).__name__ == "Phi3ForCausalLM"
     assert type(built["gemma-3-4b"]).__name__ == "Gemma3ForCausalLM"
     assert built["phi-3-mini"].config.pad_token_id is None  # its default 32000 is beyond the small vocabulary
+    experts = built["qwen3-30b-a3b"].model.layers[0].mlp.experts  # 128 fused experts of width 768
+    assert tuple(experts.gate_up_proj.shape) == (128, 2 * 768, 2048) and tuple(experts.down_proj.shape) == (128, 2048, 768)
 
 
 # ---- run.py and the progress callback ------------------------------------------------------

@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from pruners import fallbacks
+from pruners.magnitude import magnitude_prune
 from pruners.base import BlockPruner, Captured, LinearGroup, MlpSpec, needs_calibration
 from pruners.pattern import SparsityPattern
 
+from core import experts
 from core.families import FamilyAdapter
 from core.walk import Batch, _Captured, capture, final_hidden, head_logits, run_block, walk
 
@@ -44,6 +46,7 @@ class BlockRun:
     diagnostics: list[tuple[str, int | None, float]] = field(default_factory=list)
     linear_seconds: dict[str, float] = field(default_factory=dict)
     parts: dict[str, list[slice]] = field(default_factory=dict)
+    routed: bool = False  # the block routes tokens to experts: a statistic's hook may not fire in a batch
 
     def __post_init__(self):
         self._dense_weights = self._fingerprint()
@@ -104,7 +107,9 @@ class BlockRun:
 
     def collect(self, make_stat, names=None):
         """Run the block as it is now; one statistic per Linear, shared within an input group."""
-        stop_early = not self._wants_dense()
+        # Stopping once the last group's statistic is taken needs every group reached in forward
+        # order, which routing does not promise (an expert may see no token of a batch).
+        stop_early = not self._wants_dense() and not self.routed
         stats, handles = self._stat_hooks(make_stat, names or list(self.linears), stop_early)
         try:
             self._run(stop_early)
@@ -151,6 +156,9 @@ class BlockRun:
         finally:
             for h in handles:
                 h.remove()
+        for (kind, name), filled in offsets.items():  # a routed expert sees only its own tokens
+            table = got.inputs if kind == "in" else got.outputs
+            table[name] = table[name][:filled]
         return got
 
     def record(self, metric: str, value: float, step: int | None = None) -> None:
@@ -235,6 +243,14 @@ def prune_model(model: nn.Module, adapter: FamilyAdapter, pruner: BlockPruner, p
     need_inputs = needs_calibration(pruner, allocation, refine) or diagnostics
     if need_inputs and calib_tokens is None:
         raise ValueError(f"pruner {pruner.name!r} needs calibration tokens")
+    with experts.split_experts(model):  # fused 3-D experts as Linears while pruning (core/experts.py)
+        return _prune_blocks(model, adapter, pruner, pattern, calib_tokens, layers, device, batch_size,
+                             diagnostics, allocation, refine, need_inputs)
+
+
+def _prune_blocks(model, adapter, pruner, pattern, calib_tokens, layers, device, batch_size, diagnostics,
+                  allocation, refine, need_inputs) -> PruneReport:
+    """``prune_model`` with the experts split."""
     inputs = capture(model, adapter, calib_tokens, device, batch_size) if need_inputs else None
     selected, report = set(layers), PruneReport()
     patterns, measures = block_patterns(model, adapter, pattern, selected, allocation, inputs, device) \
@@ -257,15 +273,28 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
     """Prune one block of the walk (``step``), set its pruned outputs, and add its rows to ``report``."""
     i, block, batches = step.index, step.block, step.batches
     start = time.perf_counter()
-    linears = adapter.linears(block)
-    run = BlockRun(i, block, pattern, linears, adapter.linear_groups(block), adapter.mlp, batches or [],
-                   need_dense=diagnostics,
+    linears, groups = adapter.linears(block), adapter.linear_groups(block)
+    moe = bool(experts.expert_paths(block))
+    unrouted = _unrouted_experts(block, batches, groups, i, report) if moe else {}
+    if needs_calibration(pruner, refine=refine) and unrouted:  # nothing to gather for them: pruned by magnitude
+        hidden = {n for names in unrouted.values() for n in names}
+        groups = [g for g in groups if not hidden.intersection(g.names)]
+        routed = {n: l for n, l in linears.items() if n not in hidden}
+    else:
+        unrouted, routed = {}, linears
+    run = BlockRun(i, block, pattern, routed, groups, adapter.mlp, batches or [],
+                   need_dense=diagnostics, routed=moe,
                    parts={n: [s for _p, s in adapter.row_parts(n)] for n in linears if adapter.row_parts(n)})
     if diagnostics and not pruner.needs_calibration:
         run._run()
     state = refine.prepare(run) if refine is not None else None
     with fallbacks.collecting() as events:
         pruner.prune_block(run)
+        for expert, names in unrouted.items():
+            fallbacks.record("unrouted_expert_magnitude", f"block {i} {expert}: no calibration token is routed to "
+                                                          f"it, so it is pruned by magnitude")
+            for name in names:
+                linears[name].weight.data = magnitude_prune(linears[name].weight.data, None, pattern)
     if refine is not None:
         refine.apply(run, state)
         del state
@@ -283,7 +312,7 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
         log.info("block %d pruned in %.1fs, relative output error %.4g", i, seconds, err)
     report.blocks.extend({"block": i, "metric": m, "step": s, "value": v} for m, s, v in run.diagnostics)
     mine = []
-    for name, linear in run.linears.items():
+    for name, linear in linears.items():
         zeros = int((linear.weight == 0).sum())
         mine.append({"block": i, "name": f"{adapter.blocks_path}.{i}.{name}",
                      "shape": "x".join(map(str, linear.weight.shape)), "zeros": zeros,
@@ -293,6 +322,35 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
     if allocated:  # measured block sparsity beside its target (the report's allocation table)
         report.blocks.append({"block": i, "metric": "sparsity", "step": None,
                               "value": sum(r["zeros"] for r in mine) / sum(r["numel"] for r in mine)})
+
+
+@torch.no_grad()
+def _unrouted_experts(block: nn.Module, batches, groups, index: int, report: PruneReport) -> dict[str, list[str]]:
+    """The experts no calibration token reaches in the block as it enters pruning (one counting
+    pass): expert path -> its Linears. Every expert's token count goes to ``blocks.csv`` (metric
+    ``expert_tokens``, step = the expert's number, counted through the block's expert modules in
+    order). Without calibration inputs there is nothing to count."""
+    if batches is None:
+        return {}
+    expert_groups = [g for g in groups if g.role == "expert_in"]
+    counts = [0] * len(expert_groups)
+    handles = []
+    for e, group in enumerate(expert_groups):
+        def hook(_m, args, e=e):
+            counts[e] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+        handles.append(block.get_submodule(group.names[0]).register_forward_pre_hook(hook))
+    try:
+        run_block(block, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    unrouted = {}
+    for e, (group, count) in enumerate(zip(expert_groups, counts)):
+        report.blocks.append({"block": index, "metric": "expert_tokens", "step": e, "value": count})
+        if count == 0:
+            expert = group.names[0].rpartition(".")[0]
+            unrouted[expert] = [*group.names, f"{expert}.down_proj"]
+    return unrouted
 
 
 @torch.no_grad()
