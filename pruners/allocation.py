@@ -1,8 +1,10 @@
 """Layer-wise sparsity allocation: how the overall target is shared among the pruned blocks.
 
-Config group ``conf/allocation/`` (``allocation=uniform|owl``), combinable with every pruner: the
-engine asks the allocation for one sparsity per block and hands each block's pruner a
-``SparsityPattern`` of that ratio, so a pruner never knows allocation exists.
+Config group ``conf/allocation/`` (``allocation=uniform|owl|alphapruning|dlp``), combinable with
+every pruner: the engine asks the allocation for one sparsity per block and hands each block's
+pruner a ``SparsityPattern`` of that ratio, so a pruner never knows allocation exists. This module
+holds what every allocation shares (``Layerwise``) and OWL; AlphaPruning and DLP are their own
+modules (pruners/alphapruning.py, pruners/dlp.py), as a plugin's would be.
 
 * ``uniform``: every block at the target (the default; no extra pass).
 * ``owl`` (Outlier Weighed Layerwise sparsity, Yin et al., ICML 2024): a block with more
@@ -21,7 +23,7 @@ column blocks, so the total lands within one weight per matrix of ``round(s * to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -91,8 +93,65 @@ class Uniform:
         return {i: pattern for i in sizes}
 
 
+class Layerwise:
+    """What every layer-wise allocation shares (OWL, AlphaPruning, DLP, a plugin's): it measures
+    each block (``measure``, from the dense block's Linear weights and, when ``needs_calibration``,
+    their input norms ``||X_j||`` over the calibration tokens), maps the measures to block
+    sparsities (``targets``), and rounds them to zero counts that sum exactly to the target's.
+
+    A subclass sets ``name``, ``needs_calibration``, ``metric`` (the measure's name in
+    ``blocks.csv``, as ``allocation:<metric>``), ``exact`` and ``cost`` (its plan cost,
+    ``AllocationCost``), and writes ``measure`` and ``targets``."""
+
+    name: str
+    needs_calibration: bool
+    metric: str
+    exact: bool = True
+
+    def check(self, pattern: SparsityPattern) -> None:
+        """N:M fixes every group's sparsity, so there is nothing to allocate."""
+        if pattern.is_nm:
+            raise ValueError(f"allocation={self.name} cannot be combined with sparsity={pattern.label}: N:M fixes "
+                             "the sparsity of every group; accepted allocation=uniform, or a fraction such as 0.7")
+
+    def measure(self, weights: dict[str, torch.Tensor], norms: dict[str, torch.Tensor] | None) -> float:
+        """The block's measure from its dense Linears' weights (and input norms, or None)."""
+        raise NotImplementedError
+
+    def targets(self, measures: dict[int, float], sizes: dict[int, int], target: float) -> dict[int, float]:
+        """Block sparsities (size-weighted mean ``target``) from the block measures."""
+        raise NotImplementedError
+
+    def block_patterns(self, pattern: SparsityPattern, sizes: dict[int, int],
+                       measures: dict[int, float] | None = None) -> dict[int, SparsityPattern]:
+        """One unstructured pattern per block whose zero counts sum exactly to the target's; a block
+        sparsity outside [0, 1) is a one-line error naming the setting to lower."""
+        self.check(pattern)
+        targets = self.targets(measures, sizes, pattern.ratio)
+        bad = {i: t for i, t in targets.items() if not 0 <= t < 1}
+        if bad:
+            i, t = next(iter(bad.items()))
+            raise ValueError(f"allocation={self.name} gives block {i} the sparsity {t:.3f} at sparsity="
+                             f"{pattern.label}: accepted block sparsities in [0, 1); lower the allocation's spread")
+        counts = exact_counts(targets, sizes, pattern.ratio)
+        return {i: SparsityPattern(counts[i] / sizes[i], exact=self.exact) for i in sizes}
+
+
+@dataclass(frozen=True)
+class AllocationCost:
+    """What an allocation adds to a run, per pruned block (``plan=true``): ``passes`` dense passes
+    of the calibration tokens, and its own seconds from the block's shapes (``seconds(shape)``;
+    none here)."""
+
+    passes: int = 0
+
+    def seconds(self, shape) -> float:
+        """Seconds of the measure itself (beyond its passes) for one block."""
+        return 0.0
+
+
 @dataclass
-class Owl:
+class Owl(Layerwise):
     """OWL: block sparsity from the block's outlier ratio (see the module docstring)."""
 
     m: float = 5.0
@@ -100,12 +159,12 @@ class Owl:
     name: str = "owl"
     needs_calibration: bool = True
     exact: bool = True
+    metric: str = "outlier_ratio"
+    cost: AllocationCost = field(default_factory=lambda: AllocationCost(passes=1))
 
     def check(self, pattern: SparsityPattern) -> None:
-        """N:M fixes every group's sparsity, so there is nothing to allocate; the spread must fit in [0, 1)."""
-        if pattern.is_nm:
-            raise ValueError(f"allocation=owl cannot be combined with sparsity={pattern.label}: N:M fixes the "
-                             "sparsity of every group; accepted allocation=uniform, or a fraction such as 0.7")
+        """Unstructured only; the spread must fit in [0, 1)."""
+        super().check(pattern)
         if pattern.ratio > 0 and not (pattern.ratio - self.lam >= 0 and pattern.ratio + self.lam < 1):
             raise ValueError(f"allocation.lam={self.lam!r} does not fit around sparsity={pattern.label}: accepted "
                              f"lam <= {pattern.ratio:g} and lam < {1 - pattern.ratio:g}")
@@ -115,14 +174,22 @@ class Owl:
         return outlier_ratio([w.abs().float() * norms[n].to(w.device).float().unsqueeze(0)
                               for n, w in weights.items()], self.m)
 
-    def block_patterns(self, pattern: SparsityPattern, sizes: dict[int, int],
-                       measures: dict[int, float] | None = None) -> dict[int, SparsityPattern]:
-        """One unstructured pattern per block (``measures``: outlier ratios) whose zero counts sum
-        exactly to the target's."""
-        self.check(pattern)
-        targets = spread(measures, sizes, pattern.ratio, self.lam)
-        counts = exact_counts(targets, sizes, pattern.ratio)
-        return {i: SparsityPattern(counts[i] / sizes[i], exact=self.exact) for i in sizes}
+    def targets(self, measures: dict[int, float], sizes: dict[int, int], target: float) -> dict[int, float]:
+        """Linear and decreasing in the outlier ratio, within ``±lam`` (``spread``)."""
+        return spread(measures, sizes, target, self.lam)
+
+
+def check_spread(key: str, value, upper: float, paper: str) -> float:
+    """A builder's check of a spread setting: a number in [0, ``upper``)."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < upper):
+        raise ValueError(f"allocation.{key}={value!r} is not valid: accepted a number in [0, {upper:g}) ({paper})")
+    return float(value)
+
+
+def check_exact(exact) -> bool:
+    if not isinstance(exact, bool):
+        raise ValueError(f"allocation.exact={exact!r} is not valid: accepted true or false")
+    return exact
 
 
 def allocates(allocation) -> bool:
@@ -141,11 +208,8 @@ def owl(name: str = "owl", m: float = 5.0, lam: float = 0.08, exact: bool = True
     spread, ``exact`` whole-matrix zero counts (see the module docstring)."""
     if not (isinstance(m, (int, float)) and m > 0):
         raise ValueError(f"allocation.m={m!r} is not valid: accepted a number > 0 (paper: 5)")
-    if not (isinstance(lam, (int, float)) and 0 <= lam < 0.5):
-        raise ValueError(f"allocation.lam={lam!r} is not valid: accepted a number in [0, 0.5) (paper: 0.08)")
-    if not isinstance(exact, bool):
-        raise ValueError(f"allocation.exact={exact!r} is not valid: accepted true or false")
-    return Owl(float(m), float(lam), name, exact=exact)
+    return Owl(float(m), check_spread("lam", lam, 0.5, "paper: 0.08"), name, exact=check_exact(exact))
 
 
-__all__ = ["Owl", "Uniform", "allocates", "exact_counts", "outlier_ratio", "owl", "spread", "uniform"]
+__all__ = ["AllocationCost", "Layerwise", "Owl", "Uniform", "allocates", "check_exact", "check_spread", "exact_counts",
+           "outlier_ratio", "owl", "spread", "uniform"]

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from pruners.base import needs_calibration
 from pruners.cost import BENCH_TOKENS, PASS_RATE, SMOLLM2, STAT_BYTES, Cost, RefineCost, Shape, pass_flops  # noqa: F401
+from pruners.allocation import AllocationCost, allocates
 from pruners.refine import refines
 
 GB = 1e9
@@ -72,13 +73,17 @@ class Method:
     calibrated: bool
     refine: RefineCost | None = None
     refine_name: str | None = None
+    allocation: AllocationCost | None = None  # a layer-wise allocation's passes and measure (None: uniform)
 
     @classmethod
-    def of(cls, pruner, refine=None) -> "Method":
-        """From the run's pruner and refinement objects (an inactive refinement counts as none)."""
+    def of(cls, pruner, refine=None, allocation=None) -> "Method":
+        """From the run's pruner, refinement and allocation objects (an inactive refinement, or a
+        uniform allocation, counts as none)."""
         refine = refine if refines(refine) else None
-        return cls(pruner.name, pruner.cost, needs_calibration(pruner, refine=refine),
-                   refine.cost if refine is not None else None, refine.name if refine is not None else None)
+        allocation = allocation if allocates(allocation) else None
+        return cls(pruner.name, pruner.cost, needs_calibration(pruner, allocation, refine),
+                   refine.cost if refine is not None else None, refine.name if refine is not None else None,
+                   allocation.cost if allocation is not None else None)
 
     @property
     def label(self) -> str:
@@ -118,6 +123,8 @@ def prune_seconds(shape: Shape, spec, tokens: int, seqlen: int) -> float:
     seconds = m.cost.seconds(shape, tokens, seqlen)
     if m.refine is not None:
         seconds += m.refine.seconds(shape, tokens, seqlen)
+    if m.allocation is not None:  # its dense passes (OWL, DLP) and its measure (AlphaPruning's SVDs)
+        seconds += m.allocation.passes * pass_flops(shape, tokens, seqlen) / PASS_RATE + m.allocation.seconds(shape)
     return seconds
 
 
@@ -314,7 +321,7 @@ def plan_rows(argv: list[str]) -> tuple[list[dict], list[str]]:
                     notes.append(note)
             dense_run = run.dense()
             dense_key = dense_run.key(None)
-            pruned = Method.of(pruner, run.refine if run.refines else None)
+            pruned = Method.of(pruner, run.refine if run.refines else None, run.allocation if run.allocates else None)
             for this, this_key, spec in ((dense_run, dense_key, Method.of(DENSE)), (run, key, pruned)):
                 rid = run_id(this_key)
                 if rid in seen:

@@ -355,7 +355,8 @@ def check_names(cfg: DictConfig) -> None:
 
 
 def check_allocation(cfg: DictConfig) -> None:
-    """``allocation=owl`` spreads unstructured sparsity only: an N:M sparsity is rejected here."""
+    """The allocation's own check of the sparsity (a layer-wise allocation spreads unstructured
+    sparsity only, and its spread must fit): pruners/allocation.py."""
     name = _select(cfg, "allocation.name")
     if name is None or is_dense(_select(cfg, "pruner.name")):
         return
@@ -367,10 +368,10 @@ def check_allocation(cfg: DictConfig) -> None:
         return
     if not allocates(allocation):
         return
-    pattern = SparsityPattern.parse(cfg.sparsity)
-    if pattern.is_nm:
-        raise Invalid(f"allocation={name} cannot be combined with sparsity={pattern.label}: N:M fixes the sparsity "
-                      "of every group; accepted allocation=uniform with N:M, or a fraction such as 0.7")
+    try:
+        allocation.check(SparsityPattern.parse(cfg.sparsity))
+    except ValueError as err:
+        raise Invalid(str(err)) from None
 
 
 def check_config(cfg: DictConfig) -> None:

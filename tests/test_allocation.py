@@ -93,7 +93,7 @@ def test_owl_through_the_engine_keeps_the_total_exact(pruner):
                          allocation=Owl(m=5.0, lam=0.08))
     target = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "target_sparsity"}
     measured = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "sparsity"}
-    ratios = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "outlier_ratio"}
+    ratios = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "allocation:outlier_ratio"}
     assert ratios[1] > max(ratios[0], ratios[2])
     assert target[1] == pytest.approx(0.7 - 0.08, abs=1e-3) and target[1] < min(target[0], target[2])
     assert all(0.7 - 0.08 - 1e-3 <= v <= 0.7 + 0.08 + 1e-3 for v in measured.values())
@@ -140,7 +140,7 @@ def test_owl_dense_pass_measures_the_dense_model():
     expected = {i: outlier_ratio([l.weight.abs() * sq[(i, n)].sqrt()[None] for n, l in adapter.linears(b).items()],
                                  5.0) for i, b in enumerate(adapter.blocks(model))}
     report = prune_model(model, adapter, wanda(), SparsityPattern(0.6), ids, [0, 1, 2], "cpu", allocation=Owl())
-    got = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "outlier_ratio"}
+    got = {r["block"]: r["value"] for r in report.blocks if r["metric"] == "allocation:outlier_ratio"}
     assert got == pytest.approx(expected, abs=1e-9)
 
 
@@ -156,7 +156,7 @@ def test_owl_rejects_nm_and_bad_settings():
 @pytest.mark.parametrize("argv,needle", [
     (["model=tiny-llama", "allocation=owl", "sparsity=2:4"], "allocation=owl cannot be combined with sparsity=2:4"),
     (["-m", "model=tiny-llama", "allocation=uniform,owl", "sparsity=0.5,3:4"], "sparsity=3:4"),
-    (["model=tiny-llama", "allocation=owls"], "allocation='owls' is not valid: accepted owl, uniform"),
+    (["model=tiny-llama", "allocation=owls"], "allocation='owls' is not valid: accepted alphapruning, dlp, owl, uniform"),
     (["model=tiny-llama", "allocation=owl", "allocation.lam=0.4", "sparsity=0.7"], "allocation.lam=0.4"),
     (["model=tiny-llama", "allocation=owl", "allocation.exact=maybe", "sparsity=0.7"], "allocation.exact='maybe'"),
 ])

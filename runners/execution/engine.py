@@ -226,8 +226,11 @@ def block_patterns(model, adapter: FamilyAdapter, pattern: SparsityPattern, sele
         return {i: pattern for i in selected}, None
     blocks = adapter.blocks(model)
     sizes = {i: sum(l.weight.numel() for l in adapter.linears(blocks[i]).values()) for i in selected}
-    measures = dense_measures(model, adapter, inputs, selected, device, allocation) \
-        if allocation.needs_calibration else None
+    if allocation.needs_calibration:
+        measures = dense_measures(model, adapter, inputs, selected, device, allocation)
+    else:  # weights only (AlphaPruning): each block measured where it is, before any block is pruned
+        measures = {i: allocation.measure({n: l.weight.data for n, l in adapter.linears(blocks[i]).items()}, None)
+                    for i in sorted(selected)}
     return allocation.block_patterns(pattern, sizes, measures), measures
 
 
@@ -259,7 +262,8 @@ def _prune_blocks(model, adapter, pruner, pattern, calib_tokens, layers, device,
         for i in sorted(selected):
             report.blocks.append({"block": i, "metric": "target_sparsity", "step": None, "value": patterns[i].ratio})
             if measures:
-                report.blocks.append({"block": i, "metric": "outlier_ratio", "step": None, "value": measures[i]})
+                report.blocks.append({"block": i, "metric": f"allocation:{allocation.metric}", "step": None,
+                                      "value": measures[i]})
     if not (needs_calibration(pruner, refine=refine) or diagnostics):
         inputs = None  # only the allocation's dense pass needed them
     for step in walk(model, adapter, inputs, device, last=max(selected, default=-1), desc="prune blocks"):

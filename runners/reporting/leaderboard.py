@@ -19,7 +19,14 @@ import pandas as pd
 from eval.metrics import ACC, PPL, ZEROSHOT_MEAN
 from runners.reporting.labels import is_dense, row_labels, sparsity_order
 
+# Per-block rows of an allocated run: its target and measured sparsity, and the allocation's own
+# measure (``allocation:<metric>``; stores written before it had a prefix hold OWL's as ``outlier_ratio``).
 ALLOCATION_METRICS = ("target_sparsity", "sparsity", "outlier_ratio")
+
+
+def is_allocation_metric(metric: str) -> bool:
+    """A ``blocks.csv`` metric the allocation table shows."""
+    return metric in ALLOCATION_METRICS or metric.startswith("allocation:")
 
 
 def _mean(values) -> float:
@@ -94,7 +101,7 @@ def allocation_table(results_dir: str | Path, metrics: pd.DataFrame) -> pd.DataF
         if not path.is_file():
             continue
         blocks = pd.read_csv(path)
-        blocks = blocks[blocks["metric"].isin(ALLOCATION_METRICS)]
+        blocks = blocks[blocks["metric"].map(is_allocation_metric)]
         if not (blocks["metric"] == "target_sparsity").any():
             continue
         name = f"{r['model']} {r['pruner']} {r['sparsity']}"
@@ -117,5 +124,6 @@ def allocation_section(results_dir: str | Path, metrics: pd.DataFrame) -> list[s
     shown = flat.astype(object).map(_cell) if hasattr(flat, "map") else flat.applymap(_cell)
     return ["## Layer-wise allocation", "",
             "Per block: the allocation's target sparsity, the measured sparsity (zeros / weights of the block's "
-            "Linears, as in layers.csv) and, for OWL, the block's outlier ratio on the dense model.", "",
+            "Linears, as in layers.csv) and the allocation's measure of the dense block (OWL: outlier ratio; "
+            "AlphaPruning: mean PL_Alpha_Hill; DLP: median weight-activation score).", "",
             shown.reset_index().to_markdown(index=False), ""]
