@@ -189,3 +189,30 @@ def test_plan_prices_the_allocations():
     t = lambda m: plan.prune_seconds(shape, m, 4096, 512)  # noqa: E731
     assert t(with_dlp) - t(base) == pytest.approx(plan.pass_flops(shape, 4096, 512) / plan.PASS_RATE)
     assert t(with_alpha) > t(base) and plan.Method.of(magnitude(), allocation=AlphaPruning()).calibrated is False
+
+
+def test_smoke_sweep_under_every_pruner_and_a_plugin(tmp_path, cache_dir, local_data):
+    """Each allocation under magnitude, Wanda, SparseGPT, RIA, ALPS and the plugin pruner
+    ``random`` (examples/llm-prune-random): every run ends ok, its label names the allocation and
+    its layers.csv holds the allocation's exact per-matrix counts."""
+    import json
+
+    import pandas as pd
+
+    from runners.execution.job import run_job
+    from tests.conftest import compose_wanda_smoke
+
+    for allocation in ("alphapruning", "dlp"):
+        for pruner in ("magnitude", "wanda", "sparsegpt", "ria", "alps", "random"):
+            extra = ["pruner.max_iter=5"] if pruner == "alps" else []
+            cfg = compose_wanda_smoke(tmp_path / "results", cache_dir, "model=tiny-llama", f"pruner={pruner}",
+                                      "sparsity=0.7", f"allocation={allocation}", "prune.layers=all", *extra)
+            assert run_job(cfg) == "ok", (allocation, pruner)
+    runs = [p.parent for p in (tmp_path / "results").rglob("runs/*/manifest.json") if "__dense__" not in str(p)]
+    assert len(runs) == 12
+    for run in runs:
+        manifest = json.loads((run / "manifest.json").read_text())
+        blocks, layers = pd.read_csv(run / "blocks.csv"), pd.read_csv(run / "layers.csv")
+        target = blocks[blocks.metric == "target_sparsity"].set_index("block").value
+        assert manifest["status"] == "ok" and manifest["run_key"]["label"].rsplit("+", 1)[1] in ("alphapruning", "dlp")
+        assert (layers.zeros == (layers.block.map(target) * layers.numel).round().astype(int)).all(), run.name
