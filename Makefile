@@ -33,8 +33,9 @@ install: $(VENV)/.installed ## create .venv with the CPU build of torch and ever
 quickstart: install ## install, then run the main sweep on the embedded SmolLM2-135M and print the table
 	$(PY) run.py -m pruner=magnitude,wanda sparsity=0.5,0.7,2:4,3:4 protocol=quick $(DATA_ARG)
 
-test: install ## run the whole test suite (what CI runs), every tier
-	$(PY) -m pytest -q
+test: install ## run the whole test suite (what CI runs): the real-model tests (slow) one at a time, then the rest on two workers
+	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 test-fast: install ## the in-process tests only: no SmolLM2 load (slow), no Python child process (subprocess)
 	$(PY) -m pytest -q -m "not slow and not subprocess"
