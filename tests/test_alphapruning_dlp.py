@@ -24,7 +24,7 @@ from runners.cli import CONF
 from runners.execution.engine import prune_model
 from runners.execution.identity import prepare, run_id
 from runners.validate import check_command_line
-from tests.conftest import tiny_model
+from tests.test_allocation import _planted  # a tiny model whose block 1 has planted outlier columns
 
 
 def power_law_matrix(alpha: float, n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -96,15 +96,6 @@ def test_dlp_map_prunes_the_larger_median_more_by_two_alpha():
     t = d.targets(measures, sizes, 0.7)
     assert t[1] > t[2] > t[0] and t[1] - t[0] == pytest.approx(0.2)
     assert t[2] == pytest.approx(0.7) and sum(t.values()) / 3 == pytest.approx(0.7)
-
-
-def _planted(name="tiny-llama"):
-    model = tiny_model(name)
-    adapter = adapter_for(model)
-    with torch.no_grad():
-        for linear in adapter.linears(adapter.blocks(model)[1]).values():
-            linear.weight[:, :3] *= 40.0
-    return model, adapter
 
 
 @pytest.mark.parametrize("allocation", [AlphaPruning(), Dlp()], ids=["alphapruning", "dlp"])
