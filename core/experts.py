@@ -13,8 +13,9 @@ forward, so
 * gate and up are separate matrices, so no per-row or per-matrix selection mixes them;
 * block names read ``mlp.experts.<e>.gate_proj``, as in ``layers.csv``.
 
-``join`` writes the (pruned) Linears back into the fused parameters and restores the original
-module, so evaluation and ``save_pretrained`` see the model exactly as transformers built it.
+The Linears' weights are views into the fused parameters (no copy: the experts are held once);
+``join`` writes back any weight that is no longer a view (moved, or replaced) and restores the
+original module, so evaluation and ``save_pretrained`` see the model exactly as transformers built it.
 The router (``mlp.gate``: a parameter, not a Linear) is never pruned: it decides which expert
 a token reaches, and is a tiny part of the block. A shared expert (Qwen2-MoE) is a plain MLP of
 Linears that every token reaches; it is pruned like any MLP, its sigmoid gate included.
@@ -53,15 +54,21 @@ class ExpertMLP(nn.Module):
 
 
 def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A Linear whose weight is ``weight`` itself (a view into the fused parameter: no copy)."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
-    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    linear.weight = nn.Parameter(weight.detach(), requires_grad=False)
     return linear
 
 
 class SplitExperts(nn.ModuleList):
     """A fused experts module as one ``ExpertMLP`` per expert, with the same routed forward
-    (``forward(hidden_states, top_k_index, top_k_weights)``). Holds the fused module (emptied,
-    not a submodule) to write the weights back into (``join``)."""
+    (``forward(hidden_states, top_k_index, top_k_weights)``).
+
+    No weight is copied: each Linear's weight is a view into the fused parameters, so pruning in
+    place prunes them. When the block moves to an accelerator and back (the walk), the Linears
+    come back as new tensors; ``_apply`` then writes them into the fused parameters and makes them
+    views again, so the experts are never held twice on the CPU. The fused module is kept (not a
+    submodule: it stays where it is) for ``join``."""
 
     def __init__(self, fused: nn.Module, path: str = "experts"):
         wrong = {k: getattr(fused, k, v) for k, v in LAYOUT.items() if getattr(fused, k, v) != v}
@@ -69,15 +76,36 @@ class SplitExperts(nn.ModuleList):
             raise ValueError(f"{path} ({type(fused).__name__}): expert layout {wrong} is not supported: accepted "
                              f"fused experts with {LAYOUT}")
         gate_up, down = fused.gate_up_proj.data, fused.down_proj.data
-        ffn = gate_up.shape[1] // 2
-        super().__init__(ExpertMLP(gate_up[e, :ffn], gate_up[e, ffn:], down[e]) for e in range(gate_up.shape[0]))
-        # Neither is a list item nor a submodule: the list holds the experts only, and the emptied
-        # fused module must not move with the block.
+        super().__init__(ExpertMLP(*self._slices(gate_up, down, e)) for e in range(gate_up.shape[0]))
+        # Neither is a list item nor a submodule: the list holds the experts only, and the fused
+        # module must not move with the block.
         object.__setattr__(self, "act_fn", fused.act_fn)
         object.__setattr__(self, "_fused", fused)
-        # The fused parameters now live in the Linears: empty them rather than hold the block twice.
-        fused.gate_up_proj.data = torch.empty(0, dtype=gate_up.dtype)
-        fused.down_proj.data = torch.empty(0, dtype=down.dtype)
+
+    @staticmethod
+    def _slices(gate_up: torch.Tensor, down: torch.Tensor, e: int) -> tuple[torch.Tensor, ...]:
+        """Expert ``e``'s gate, up and down matrices as views of the fused tensors."""
+        ffn = gate_up.shape[1] // 2
+        return gate_up[e, :ffn], gate_up[e, ffn:], down[e]
+
+    def _sync(self) -> None:
+        """Every Linear weight that is not its view of the fused parameters (moved, or replaced by a
+        pruner) is written into them and becomes that view again."""
+        fused = self._fused
+        for e, expert in enumerate(self):
+            for linear, home in zip((expert.gate_proj, expert.up_proj, expert.down_proj),
+                                    self._slices(fused.gate_up_proj.data, fused.down_proj.data, e)):
+                if linear.weight.data_ptr() != home.data_ptr():
+                    home.copy_(linear.weight.data)
+                    linear.weight.data = home
+
+    def _apply(self, fn, *args, **kwargs):
+        """Move the Linears (``.to(device)``); back on the fused parameters' device, they are views again."""
+        out = super()._apply(fn, *args, **kwargs)
+        moved, home = self[0].gate_proj.weight, self._fused.gate_up_proj
+        if (moved.device, moved.dtype) == (home.device, home.dtype):
+            self._sync()
+        return out
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
         """Each token through its top-k experts, weighted by the router (as transformers' eager experts)."""
@@ -92,13 +120,9 @@ class SplitExperts(nn.ModuleList):
         return out
 
     def join(self) -> nn.Module:
-        """The original fused module, its parameters rebuilt from the Linears (wherever they are)."""
-        fused = self._fused
-        device = fused.gate_up_proj.device
-        fused.gate_up_proj.data = torch.stack([torch.cat([x.gate_proj.weight.data, x.up_proj.weight.data]).to(device)
-                                               for x in self])
-        fused.down_proj.data = torch.stack([x.down_proj.weight.data.to(device) for x in self])
-        return fused
+        """The original fused module, holding the Linears' current weights."""
+        self._sync()
+        return self._fused
 
 
 def _fused_modules(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -385,8 +385,17 @@ def test_split_experts_forward_as_fused_and_join_back_exactly():
     model, x = build("qwen3moe"), tokens(2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = window_losses(model, x, "cpu", 2)
+    gate_up = model.model.layers[0].mlp.experts.gate_up_proj
     with experts.split_experts(model) as count:
-        assert count == 4 and isinstance(model.model.layers[0].mlp.experts, experts.SplitExperts)
+        split = model.model.layers[0].mlp.experts
+        assert count == 4 and isinstance(split, experts.SplitExperts)
+        # no copy: expert 3's up_proj is a view of rows 32-63 of the fused gate_up_proj[3]
+        assert split[3].up_proj.weight.data_ptr() == gate_up.data[3, 32:].data_ptr()
         torch.testing.assert_close(window_losses(model, x, "cpu", 2), fused, rtol=1e-6, atol=0)
+        split._apply(lambda t: t.clone())  # a move away and back (the walk on an accelerator)
+        assert split[3].up_proj.weight.data_ptr() == gate_up.data[3, 32:].data_ptr()  # a view again
+        split[5].down_proj.weight.data = torch.zeros_like(split[5].down_proj.weight.data)  # replaced, not in place
     after = model.state_dict()
+    assert not after["model.layers.0.mlp.experts.down_proj"][5].any()  # written back by join
+    before["model.layers.0.mlp.experts.down_proj"][5] = 0
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

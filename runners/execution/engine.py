@@ -297,8 +297,9 @@ def _prune_one(step, adapter: FamilyAdapter, pruner: BlockPruner, pattern: Spars
         for expert, names in unrouted.items():
             fallbacks.record("unrouted_expert_magnitude", f"block {i} {expert}: no calibration token is routed to "
                                                           f"it, so it is pruned by magnitude")
-            for name in names:
-                linears[name].weight.data = magnitude_prune(linears[name].weight.data, None, pattern)
+            for name in names:  # in place: an expert's weight is a view of the fused experts (core/experts.py)
+                weight = linears[name].weight.data
+                weight[...] = magnitude_prune(weight, None, pattern)
     if refine is not None:
         refine.apply(run, state)
         del state
