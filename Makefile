@@ -37,8 +37,8 @@ test: install ## run the whole test suite (what CI runs): the real-model tests (
 	$(PY) -m pytest -q -m slow
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-test-fast: install ## the in-process tests only: no SmolLM2 load (slow), no Python child process (subprocess)
-	$(PY) -m pytest -q -m "not slow and not subprocess"
+test-fast: install ## the in-process tests only: no SmolLM2 load (slow), no Python child process (subprocess); two workers
+	$(PY) -m pytest -q -n 2 -m "not slow and not subprocess"
 
 test-cuda: install ## the accelerator subset (pytest -m cuda) on $$LLM_PRUNE_TEST_DEVICE (default cuda; skipped without one)
 	$(PY) -m pytest -q -m cuda

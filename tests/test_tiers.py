@@ -32,6 +32,9 @@ def test_markers_and_make_targets_agree():
     makefile = (ROOT / "Makefile").read_text()
     fast = re.search(r"^test-fast:.*\n\t(.+)$", makefile, re.M).group(1)
     assert fast.endswith('-m "not slow and not subprocess"'), fast
+    # make test: every test, the slow ones first and alone, the rest on workers; nothing left out
+    whole = re.search(r"^test:.*\n((?:\t.+\n)+)", makefile, re.M).group(1).split("\n\t")
+    assert [line.strip().rpartition(" -m ")[2] for line in whole] == ["slow", '"not slow"'], whole
 
 
 def test_smollm2_fixtures_make_a_test_slow(request):
