@@ -229,6 +229,64 @@ def test_fused_phi3_prunes_as_its_unfused_copy(pruner_name, sparsity):
         torch.testing.assert_close(fused[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _folder(tmp_path, cache_dir, local_data, name: str):
+    """A tiny seeded model of family ``name`` saved as a Hugging Face folder with the tiny-llama
+    tokenizer (its vocabulary): what ``model=hub model.name_or_path=FOLDER`` loads."""
+    from runners.execution.models import load_model
+    from tests.conftest import TINY
+
+    _tiny, tokenizer = load_model(TINY["tiny-llama"], device="cpu", cache_dir=cache_dir, local_dir=str(local_data))
+    torch.manual_seed(0)
+    config = family_config(name)
+    config.vocab_size = len(tokenizer)
+    folder = tmp_path / name
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _saved_matrices(weights: dict) -> dict:
+    """Every prunable matrix of a saved model's tensors: the blocks' projections, and each expert's
+    gate, up and down (saved per expert, or as fused 3-D tensors: both read)."""
+    matrices = {k: w for k, w in weights.items() if k.startswith("model.layers.") and k.endswith("proj.weight")}
+    for key in [k for k in weights if k.endswith("experts.gate_up_proj")]:
+        matrices.update({f"{key}.{e}.{part}": w for e, both in enumerate(weights[key])
+                         for part, w in zip(("gate", "up"), both.chunk(2))})
+    for key in [k for k in weights if k.endswith("experts.down_proj")]:
+        matrices.update({f"{key}.{e}": w for e, w in enumerate(weights[key])})
+    return matrices
+
+
+def test_moe_folder_every_pruner_saves_exactly_sparse_experts(tmp_path, cache_dir, local_data, monkeypatch):
+    """Tiny Qwen3-MoE as a local folder (``model=hub model.name_or_path=FOLDER``): every pruner at
+    0.5 and 2:4 ends ok, and each saved model holds exactly half of every matrix zero (2 of every
+    4 for 2:4), each expert's gate, up and down included, counted on the saved safetensors."""
+    from safetensors.torch import load_file
+
+    from runners.execution.job import run_job
+    from tests.conftest import compose_wanda_smoke
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _folder(tmp_path, cache_dir, local_data, "qwen3moe")
+    for pruner_name in PRUNERS:
+        pruner, _, refine = pruner_name.partition("+")
+        extra = (["pruner.max_iter=30"] if pruner == "alps" else []) + ([f"refine={refine}"] if refine else [])
+        for sparsity in ("0.5", "2:4"):
+            results = tmp_path / f"{pruner_name}-{sparsity}"
+            cfg = compose_wanda_smoke(results, cache_dir, "model=hub", f"model.name_or_path={folder}",
+                                      "model.dtype=float32", f"pruner={pruner}", f"sparsity={sparsity}",
+                                      "prune.layers=all", f"eval.seqlen={SEQLEN}", "save.model=true", *extra)
+            assert run_job(cfg) == "ok", (pruner_name, sparsity)
+            (saved,) = results.rglob("model.safetensors")
+            matrices = _saved_matrices(load_file(saved))
+            assert len(matrices) == 4 * (4 + 8 * 3), (pruner_name, sparsity)
+            for key, w in matrices.items():
+                if sparsity == "2:4":
+                    assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all()), (pruner_name, key)
+                else:
+                    assert int((w == 0).sum()) == w.numel() // 2, (pruner_name, key)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3", "phi3", "qwen3moe"])
 def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, local_data, monkeypatch, name):
@@ -241,17 +299,10 @@ def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, l
     from safetensors.torch import load_file
 
     from runners.execution.job import run_job
-    from runners.execution.models import load_model
-    from tests.conftest import TINY, compose_wanda_smoke
+    from tests.conftest import compose_wanda_smoke
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _tiny, tokenizer = load_model(TINY["tiny-llama"], device="cpu", cache_dir=cache_dir, local_dir=str(local_data))
-    torch.manual_seed(0)
-    config = family_config(name)
-    config.vocab_size = len(tokenizer)
-    folder = tmp_path / name
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = _folder(tmp_path, cache_dir, local_data, name)
     cfg = compose_wanda_smoke(tmp_path / "results", cache_dir, "model=hub", f"model.name_or_path={folder}",
                               "model.dtype=float32", "pruner=sparsegpt", "sparsity=2:4", "prune.layers=all",
                               f"eval.seqlen={SEQLEN}", "save.model=true")
@@ -259,12 +310,7 @@ def test_local_folder_sweep_saves_exactly_sparse_matrices(tmp_path, cache_dir, l
     saved = [p for p in (tmp_path / "results").rglob("model.safetensors")]
     assert len(saved) == 1
     weights = load_file(saved[0])
-    matrices = {k: w for k, w in weights.items() if k.startswith("model.layers.") and k.endswith("proj.weight")}
-    for key in [k for k in weights if k.endswith("experts.gate_up_proj")]:  # should a checkpoint keep them fused
-        matrices.update({f"{key}.{e}.{part}": w for e, both in enumerate(weights[key])
-                         for part, w in zip(("gate", "up"), both.chunk(2))})
-    for key in [k for k in weights if k.endswith("experts.down_proj")]:
-        matrices.update({f"{key}.{e}": w for e, w in enumerate(weights[key])})
+    matrices = _saved_matrices(weights)
     # q, k, v, o, gate, up, down; qkv, o, gate_up, down; q, k, v, o and 8 experts' gate, up and down
     assert len(matrices) == 4 * {"gemma3": 7, "phi3": 4, "qwen3moe": 4 + 8 * 3}[name]
     for key, w in matrices.items():
