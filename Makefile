@@ -12,7 +12,7 @@ DATA   ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data),)
 DATA_ARG := $(if $(DATA),data.local_dir=$(DATA),)
 export LLM_PRUNE_DATA := $(DATA)
 
-.PHONY: help install quickstart sweep test test-fast test-cuda bench bench-scale report clean
+.PHONY: help install quickstart sweep test test-fast test-reproduce test-cuda bench bench-scale bench-speed report clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,9 +33,12 @@ install: $(VENV)/.installed ## create .venv with the CPU build of torch and ever
 quickstart: install ## install, then run the main sweep on the embedded SmolLM2-135M and print the table
 	$(PY) run.py -m pruner=magnitude,wanda sparsity=0.5,0.7,2:4,3:4 protocol=quick $(DATA_ARG)
 
-test: install ## run the whole test suite (what CI runs): the real-model tests (slow) one at a time, then the rest on two workers
-	$(PY) -m pytest -q -m slow
-	$(PY) -m pytest -q -n 2 -m "not slow"
+test: install ## run the test suite: the real-model tests (slow) one at a time, then the rest on two workers (CI adds test-reproduce)
+	$(PY) -m pytest -q -m "slow and not reproduce"
+	$(PY) -m pytest -q -n 2 -m "not slow and not reproduce"
+
+test-reproduce: install ## the whole-test-set reproductions (reproduce marker: dense SmolLM2 on all of PTB at 2048, 46.70; ~5 min); CI runs them after make test
+	$(PY) -m pytest -q -m reproduce
 
 test-fast: install ## the in-process tests only: no SmolLM2 load (slow), no Python child process (subprocess); two workers
 	$(PY) -m pytest -q -n 2 -m "not slow and not subprocess"
@@ -48,6 +51,10 @@ bench: install ## time each pruner against one calibration pass of a model, Smol
 
 bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes with each pruner; extrapolate (ARGS="mem_gb=8 max_s=75")
 	$(PY) -m runners.bench_scale $(ARGS)
+
+bench-speed: install ## tokens/s, memory and bytes on disk, dense vs pruned (0.5/0.7/0.9/2:4) under each kernel; SmolLM2-135M, then Gemma-3-270M (ARGS="repeats=5")
+	$(PY) -m runners.bench_speed $(DATA_ARG) out=results/bench-speed/smollm2-135m $(ARGS)
+	$(PY) -m runners.bench_speed $(DATA_ARG) model=gemma3-270m out=results/bench-speed/gemma3-270m $(ARGS)
 
 report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")
 	$(PY) -m runners.reporting.report $(ARGS)

@@ -213,9 +213,9 @@ def measure(model: str, pruner_name: str, nsamples: int, seqlen: int, sparsity: 
     from core.families import adapter_for
     from runners.execution.engine import prune_model
 
-    rss_start = provenance._rss_bytes() / 2**20
+    rss_start = provenance.rss_bytes() / 2**20
     net = build_one_block(model)
-    rss_built = provenance._rss_bytes() / 2**20
+    rss_built = provenance.rss_bytes() / 2**20
     adapter = adapter_for(net)
     pruner, refine = build_pruner(pruner_name)
     calibrated = needs_calibration(pruner, refine=refine)

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from eval.blockwise import check_setting as check_blockwise
 from eval.datasets import CORPORA, check_local_dir
 from eval.perplexity import check_bos
+from eval.speed.timing import check_batches, check_kernel_list
 from eval.zeroshot import check_task_names
 from pruners.allocation import allocates
 from pruners.dense import is_dense
@@ -134,6 +135,13 @@ CHECKS = {
     "data.local_dir": _str_or_null,
     "save.model": _bool,
     "save.dir": _str_or_null,
+    "measure.speed": _bool,
+    "measure.kernels": _owned(check_kernel_list),
+    "measure.prefill_tokens": _int(1),
+    "measure.decode_tokens": _int(1),
+    "measure.decode_batches": _owned(check_batches),
+    "measure.warmup": _int(0),
+    "measure.repeats": _int(1),
     "model.name_or_path": _str_or_null,
     "model.bos": _bool,
 }

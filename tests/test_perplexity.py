@@ -41,6 +41,7 @@ def test_wanda_beats_magnitude_at_half_quick(tmp_path, local_data, cache_dir):
     assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"], ppl
 
 
+@pytest.mark.reproduce  # 5 min on 2 cores: make test-reproduce (CI runs it), not make test
 def test_dense_smollm2_full_ptb_paper_protocol(smollm2, local_data, cache_dir):
     """Dense SmolLM2 on the whole PTB test set (97,930 tokens, 47 windows of 2048): 46.70 +- 0.05."""
     model, tokenizer = smollm2

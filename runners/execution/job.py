@@ -39,6 +39,32 @@ METRIC_COLUMNS = ["run_id", "model", "pruner", "sparsity", "layers", "protocol",
                   "dataset", "metric", "value", "status", "message"]
 LAYER_COLUMNS = ["block", "name", "shape", "zeros", "numel", "sparsity", "seconds"]
 BLOCK_COLUMNS = ["block", "metric", "step", "value"]
+SPEED_FILE = store.SPEED  # eval/speed/timing.py's rows; settings, threads and hardware in the manifest
+
+
+def wants_speed(cfg: DictConfig) -> bool:
+    """``measure.speed`` (validated as a bool before any run)."""
+    return bool(OmegaConf.select(cfg, "measure.speed", default=False))
+
+
+def measure_speed(model, run: Run, folder: Path) -> dict:
+    """Time ``model`` under each kernel of ``measure.kernels`` on the run's device and write its size
+    on disk (eval/speed/); write ``speed.csv`` into the run's folder. Returns the manifest's
+    ``speed`` entry (settings, threads, hardware, the file's sha256). The model is left on the CPU
+    as it was found; the kernels time copies of it."""
+    import tempfile
+
+    from eval.speed.timing import COLUMNS, disk, from_config, measure
+
+    settings, kernels = from_config(run.cfg.measure)
+    blocks_of = lambda m: adapter_for(m).blocks(m)  # noqa: E731  (each kernel's copy)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = disk(model, blocks_of(model), scratch)
+    rows += measure(model, blocks_of, kernels, settings, run.device)
+    model.to("cpu")
+    sha = store.write_csv(folder / SPEED_FILE, rows, COLUMNS)
+    return {"kernels": [k.name for k in kernels], "settings": OmegaConf.to_container(run.cfg.measure, resolve=True),
+            "threads": torch.get_num_threads(), "hardware": provenance.hardware(run.device), "sha256": sha}
 
 
 def _rows(run: Run, key: dict, rid: str, results: list[dict]) -> list[dict]:
@@ -127,9 +153,15 @@ def _retry_failed(cfg: DictConfig) -> bool:
 
 def _done(folder: Path, cfg: DictConfig, want_model: bool) -> bool:
     """Stored and complete; with ``save.model=true`` an ok run without its saved model is not done
-    (it is computed again so that the model exists: the numbers it stores are the same)."""
+    (it is computed again so that the model exists: the numbers it stores are the same); with
+    ``measure.speed=true`` likewise an ok run without its speed.csv."""
     if not store.is_done(folder, _retry_failed(cfg)):
         return False
+    if wants_speed(cfg):
+        manifest = store.read_manifest(folder) or {}
+        if manifest.get("status") == "ok" and "speed" not in manifest:
+            log.info("run %s is stored without its speed (measure.speed=true): computing it again", folder.name)
+            return False
     if want_model:
         manifest = store.read_manifest(folder) or {}
         saved = manifest.get("saved_model")
@@ -193,6 +225,9 @@ def _write_dense(run: Run, model, tokenizer, claimed: bool = False) -> str:
             with mem:
                 rows = evaluate(model, tokenizer, run)
             status = _status(rows)
+            if wants_speed(run.cfg) and status == "ok":
+                extra["speed"] = measure_speed(model, run, folder)
+                extra["sha256"] = {SPEED_FILE: extra["speed"].pop("sha256")}
         except Exception as err:  # the dense run's own status; the run that asked for it goes on
             status, rows, extra = _failed(err)
             log.error("dense baseline %s failed (%s): %s", folder.name, status, err)
@@ -289,6 +324,11 @@ def _compute(cfg: DictConfig, run: Run, pruner, key: dict, rid: str, folder: Pat
             rows = evaluate(model, tokenizer, run)
         times["eval"], memory["eval"] = time.perf_counter() - start, mem.summary()
         status = _status(rows)
+        if wants_speed(cfg) and status == "ok":
+            start = time.perf_counter()
+            extra["speed"] = measure_speed(model, run, folder)
+            extra["sha256"][SPEED_FILE] = extra["speed"].pop("sha256")
+            times["speed"] = time.perf_counter() - start
         if wants_model(cfg):
             start = time.perf_counter()
             extra["saved_model"] = str(save_model(model, tokenizer, model_folder(cfg, folder, rid)).resolve())

@@ -1,5 +1,5 @@
 """Provenance of a run: package versions, the constraints file and how the installed versions
-compare with it, git revision, hardware, and peak memory."""
+compare with it, git revision and hardware (peak memory: ``core.memory``, re-exported here)."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +9,11 @@ import os
 import re
 import platform
 import subprocess
-import threading
 from pathlib import Path
 
 import torch
+
+from core.memory import PeakMemory, rss_bytes  # noqa: F401  (the runners read them from here)
 
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "omegaconf", "lm_eval", "numpy", "pandas", "gguf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,48 +128,3 @@ def hardware(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: fall back to the process-lifetime peak
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakMemory:
-    """Context manager sampling the process's resident memory (and CUDA's peak) while it is open.
-
-    ``peak_rss_mb`` is the highest resident set size seen (sampled every 20 ms, so it is a
-    lower bound of the true peak); ``peak_cuda_mb`` is torch's exact allocator peak.
-    """
-
-    def __init__(self, device: str, interval: float = 0.02):
-        self.device, self.interval = device, interval
-        self.peak_rss = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakMemory":
-        self.peak_rss = _rss_bytes()
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, _rss_bytes())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, _rss_bytes())
-
-    def summary(self) -> dict[str, float | None]:
-        """Peaks in MiB."""
-        cuda = torch.cuda.max_memory_allocated() / 2**20 if self.device.startswith("cuda") else None
-        return {"peak_rss_mb": self.peak_rss / 2**20, "peak_cuda_mb": cuda}

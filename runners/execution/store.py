@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 COMPLETE, INCOMPLETE, DAMAGED = "complete", "incomplete", "damaged"
 ALWAYS_RETRY = ("unavailable",)  # tried again on every sweep: the data may be there now
 FAILED = ("error", "oom", "nan")  # done, unless the sweep sets retry_failed=true
-TABLES = ("metrics.csv", "layers.csv", "blocks.csv")
+SPEED = "speed.csv"  # measure.speed=true: the run's tokens/s, memory and bytes on disk (eval/speed/)
+TABLES = ("metrics.csv", "layers.csv", "blocks.csv", SPEED)
 METRIC_KEYS = ("run_id", "dataset", "metric", "value", "status")  # what every metrics.csv must have
 TEMP_NAME = re.compile(r"^\..+\.tmp(?P<pid>\d+)(?:\.(?P<host>[^/]+))?$")  # .<name>.tmp<pid>[.<host>]
 TEMP_MAX_AGE = claims.STALE_SECONDS  # a temporary file this old is a leftover whoever wrote it

@@ -29,6 +29,7 @@ from runners.reporting.aggregate import long_table, paired_differences, paired_t
 from runners.reporting.compare import REFERENCE, compare, comparison_table, load_published, nearest_published
 from runners.reporting.formatting import unavailable_everywhere, vocab_size
 from runners.reporting.leaderboard import allocation_section, leaderboard_section
+from runners.reporting.speed import speed_section
 from runners.reporting.report_text import fallback_section, note_lines, protocol_lines  # noqa: F401  (protocol_lines: notebook)
 from runners.execution.store import atomic_write_text, load_metrics, read_manifest
 from runners.tool_config import Results, SettingError, Tool, parse, setting, valid_sparsity
@@ -222,7 +223,8 @@ def build_report(results_dir: str | Path, compare_published: bool = False, block
                 _write_table(ppl_grid(frame, f"Perplexity: {title}"), tables, f"ppl__{slug}", shown),
                 _plot(plots.ppl_vs_sparsity(frame, f"Perplexity vs sparsity: {title}"), plot_dir, f"ppl__{slug}",
                       "perplexity vs sparsity"), *_paired_section(frame, tables, slug, title),
-                *leaderboard_section(frame, store.manifests)]
+                *leaderboard_section(frame, store.manifests),
+                *speed_section(results_dir, frame, tables, plot_dir, slug, title)]
         for metric in ZEROSHOT_NAMES:
             table = zeroshot_grid(frame, metric, f"Zero-shot {metric} (%): {title}")
             if table is not None:
