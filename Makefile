@@ -52,9 +52,9 @@ bench: install ## time each pruner against one calibration pass of a model, Smol
 bench-scale: install ## prune one random block of OPT-13B/66B, LLaMA-2-7B/70B shapes with each pruner; extrapolate (ARGS="mem_gb=8 max_s=75")
 	$(PY) -m runners.bench_scale $(ARGS)
 
-bench-speed: install ## tokens/s, memory and bytes on disk, dense vs pruned (0.5/0.7/0.9/2:4) under each kernel; SmolLM2-135M, then Gemma-3-270M (ARGS="repeats=5")
+bench-speed: install ## tokens/s, memory and bytes on disk, dense vs pruned (0.5/0.7/0.9/2:4): SmolLM2-135M under each kernel, Gemma-3-270M dense vs CSR (ARGS="repeats=5")
 	$(PY) -m runners.bench_speed $(DATA_ARG) out=results/bench-speed/smollm2-135m $(ARGS)
-	$(PY) -m runners.bench_speed $(DATA_ARG) model=gemma3-270m out=results/bench-speed/gemma3-270m $(ARGS)
+	$(PY) -m runners.bench_speed $(DATA_ARG) model=gemma3-270m kernels=dense,csr out=results/bench-speed/gemma3-270m $(ARGS)
 
 report: install ## tables, plots, report.md from the results store (ARGS="results.dir=PATH report.compare=true")
 	$(PY) -m runners.reporting.report $(ARGS)

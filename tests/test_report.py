@@ -264,3 +264,28 @@ def test_notebook_executes(built, tmp_path, monkeypatch):
     assert f"python: {sys.executable}" in text.getvalue() and "runs in" in text.getvalue()
     assert "figures: ppl__" in text.getvalue()
     assert sum("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", [])) >= 3
+
+
+def test_allocation_comparison_preset_is_the_issue_grid():
+    """experiment=allocations_smollm2: uniform / OWL / AlphaPruning / DLP x Wanda / SparseGPT x 0.6,
+    0.7, 0.8 x seeds 0, 1, 2 under the quick protocol, 72 runs, and every one passes validation."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from runners.cli import CONF
+    from runners.validate import check_command_line
+    from tests.conftest import data_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=allocations_smollm2"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    assert len(batch) == 72 and cfg.protocol_name == "quick"
+    assert {tuple(sorted(p.split("=")[0] for p in run)) for run in batch} == {
+        ("allocation", "model", "pruner", "seed", "sparsity")}
+    assert {p for run in batch for p in run if p.startswith("allocation=")} == {
+        "allocation=uniform", "allocation=owl", "allocation=alphapruning", "allocation=dlp"}
+    if data_dir() is not None:
+        assert check_command_line(["-m", "experiment=allocations_smollm2", f"data.local_dir={data_dir()}"]) is None

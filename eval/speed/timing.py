@@ -22,6 +22,7 @@ equal: two ``disk`` rows with the bytes of each file.
 from __future__ import annotations
 
 import copy
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -137,13 +138,18 @@ def _prefill(model, ids):
     return model(input_ids=ids, use_cache=True)
 
 
+def _cache_key(model) -> str:
+    """The forward's name for the KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _decode(model, prompt, steps: int) -> None:
+    key = _cache_key(model)
     out = model(input_ids=prompt, use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
     for _ in range(steps):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        token = out.logits[:, -1:].argmax(-1)  # greedy: the next token fed back, as generation does
+        out = model(input_ids=token, use_cache=True, **{key: getattr(out, key)})
 
 
 def _row(kernel: str, phase: str, batch: int, tokens: int, device: str, **values) -> dict:
