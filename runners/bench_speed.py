@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import tempfile
 import time
@@ -145,6 +146,16 @@ def main(argv: list[str]) -> None:
             elif row["status"] != "ok":
                 print(f"{label} {row['kernel']}: {row['message']}", flush=True)
 
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> pd.DataFrame:  # after every sparsity: a crash or a kill keeps what was measured
+        frame = table(rows)
+        tmp = out / f".speed.csv.tmp{os.getpid()}"
+        frame.to_csv(tmp, index=False)
+        tmp.replace(out / "speed.csv")
+        return frame
+
     add("dense", measure(model, blocks_of, kernels[:1], speed, settings.device))
     with tempfile.TemporaryDirectory() as scratch:
         add("dense", disk(model, adapter.blocks(model), Path(scratch) / "dense"))
@@ -156,10 +167,8 @@ def main(argv: list[str]) -> None:
             add(label, disk(work, adapter.blocks(work), Path(scratch) / label.replace(":", "_")))
             add(label, measure(work, blocks_of, kernels, speed, settings.device))
             del work
-    frame = table(rows)
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "speed.csv", index=False)
+            write()
+    frame = write()
     record = {"command": "python -m runners.bench_speed " + " ".join(argv), "settings": {
         "model": spec.name, "sparsities": show(settings.sparsities), "kernels": show(settings.kernels),
         "device": settings.device, "prefill_tokens": settings.prefill_tokens, "decode_tokens": settings.decode_tokens,

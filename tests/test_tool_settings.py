@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from runners import bench, bench_scale, callbacks, tool_config
+from runners import bench, bench_scale, bench_speed, callbacks, tool_config
 from runners.cli import CONF, log_folder
 from runners.execution import store
 from runners.execution.models import ModelSpec
@@ -166,6 +167,42 @@ def test_bench_times_the_model_it_is_given(capsys, local_data, cache_dir, tmp_pa
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["args"]["model"] == "tiny-llama" and saved["args"]["nsamples"] == "2"
     assert [r["pruner"] for r in saved["rows"]] == ["magnitude"]
+
+
+# ---- bench-speed ---------------------------------------------------------------------------
+
+
+def test_bench_speed_defaults_and_bad_values(capsys):
+    """make bench-speed's defaults are the issue's grid; a bad value is one line, exit code 2."""
+    s = tool_config.compose_settings(bench_speed.TOOL, [])
+    assert (s.sparsities, s.kernels, s.prefill_tokens, s.decode_tokens, s.decode_batches) == (
+        ["0.5", "0.7", "0.9", "2:4"], ["dense", "csr", "bsr", "semi_structured", "mkl"], 512, 128, [1, 8])
+    assert s.model["name"] == "smollm2-135m" and (s.warmup, s.repeats, s.device) == (1, 3, "cpu")
+    s = bench_speed.parse(["model=gemma3-270m", "kernels=dense,csr", "sparsities=0.5,2:4"])
+    assert (s.model["name"], s.kernels, s.sparsities) == ("gemma3-270m", ["dense", "csr"], ["0.5", "2:4"])
+    assert "kernels='cusparse' is not valid: accepted dense, csr" in _rejected(capsys, bench_speed.main,
+                                                                             ["kernels=dense,cusparse"])
+    assert "accepted a list starting with dense" in _rejected(capsys, bench_speed.main, ["kernels=csr,dense"])
+    assert "sparsities='0.7.1' is not valid" in _rejected(capsys, bench_speed.main, ["sparsities=0.5,0.7.1"])
+    assert "repeats='0' is not valid" in _rejected(capsys, bench_speed.main, ["repeats=0"])
+    assert "device='tpu' is not valid: accepted cpu or cuda[:N]" in _rejected(capsys, bench_speed.main,
+                                                                            ["device=tpu"])
+
+
+def test_bench_speed_times_the_model_it_is_given(capsys, local_data, cache_dir, tmp_path):
+    """model=tiny-llama at 0.5 under dense and CSR: every phase, the file sizes, speed.csv and speed.json."""
+    bench_speed.main(["model=tiny-llama", "sparsities=0.5", "kernels=dense,csr", "prefill_tokens=8",
+                      "decode_tokens=2", "decode_batches=[1]", "repeats=1", "warmup=0",
+                      f"data.local_dir={local_data}", f"cache_dir={cache_dir}", f"out={tmp_path}"])
+    frame = pd.read_csv(tmp_path / "speed.csv")
+    timed = frame[frame["phase"] != "disk"]
+    assert sorted(set(zip(timed["sparsity"].astype(str), timed["kernel"]))) == [
+        ("0.5", "csr"), ("0.5", "dense"), ("dense", "dense")]
+    disk = frame[frame["phase"] == "disk"].set_index(["sparsity", "kernel"])["bytes"]
+    assert disk[("0.5", "sparse-bitmask")] < disk[("0.5", "dense_file")]
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["settings"]["kernels"] == "dense,csr" and saved["settings"]["model"] == "tiny-llama"
+    assert "| 0.5 " in capsys.readouterr().out
 
 
 # ---- bench-scale ---------------------------------------------------------------------------

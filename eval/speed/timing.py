@@ -4,8 +4,9 @@
 ``eval/speed/kernels.py`` that can run here:
 
 - ``prefill``: one forward of a ``prefill_tokens``-token prompt (batch 1) that fills the KV cache;
-- ``decode``: ``decode_tokens`` new tokens, one at a time with the KV cache, after a short prompt,
-  for each batch size of ``decode_batches`` (the greedy next token is fed back, as in generation);
+- ``decode``: a short prompt, then ``decode_tokens`` new tokens one at a time with the KV cache,
+  for each batch size of ``decode_batches`` (the greedy next token is fed back, as in generation;
+  the prompt's forward, about one step, is inside the timing);
 
 each ``warmup`` times untimed, then ``repeats`` times: the median, the fastest and the slowest
 go in the row, with the torch thread count and the kernel's name. The kernel's model answers the
