@@ -215,6 +215,8 @@ def test_committed_reference_has_published_numbers():
     assert key[("opt-30b", "sparsellm", "3:4", "first_half", "wikitext2")] == 51.28
     assert key[("llama-2-7b", "wanda", "2:4", "all", "wikitext2")] == 11.02
     assert key[("opt-1.3b", "dense", "0", "all", "wikitext2")] == 14.62
+    assert key[("llama-7b", "wanda+owl", "0.7", "all", "wikitext2")] == 24.55  # OWL's README
+    assert key[("llama-2-7b", "sparsegpt+dlp", "0.7", "all", "wikitext2")] == 18.6
     assert (ref["source"] != "").all() and (ref["protocol"] != "").all() and not key.index.duplicated().any()
     ignored = subprocess.run(["git", "check-ignore", "-q", str(REFERENCE)], cwd=ROOT, capture_output=True)
     assert ignored.returncode != 0, "results/reference/published.csv must not be git-ignored"
