@@ -23,7 +23,10 @@ column blocks, so the total lands within one weight per matrix of ``round(s * to
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -107,6 +110,9 @@ class Layerwise:
     needs_calibration: bool
     metric: str
     exact: bool = True
+    # The setting that widens the spread of block sparsities (lam, epsilon, alpha): when a block
+    # falls outside [0, 1), the error names the largest value of it that fits (None: no hint).
+    spread_key: ClassVar[str | None] = None
 
     def check(self, pattern: SparsityPattern) -> None:
         """N:M fixes every group's sparsity, so there is nothing to allocate."""
@@ -122,6 +128,23 @@ class Layerwise:
         """Block sparsities (size-weighted mean ``target``) from the block measures."""
         raise NotImplementedError
 
+    def largest_fitting_spread(self, measures: dict[int, float], sizes: dict[int, int], target: float) -> float | None:
+        """The largest value of ``spread_key`` (bisection, to 1e-9) for which every block sparsity
+        lies in [0, 1); None when the allocation names no spread setting. Spread 0 puts every block
+        at the target, so it always fits; the maps widen monotonically with the spread."""
+        if self.spread_key is None or not dataclasses.is_dataclass(self):
+            return None
+
+        def fits(value: float) -> bool:
+            wider = dataclasses.replace(self, **{self.spread_key: value})
+            return all(0 <= t < 1 for t in wider.targets(measures, sizes, target).values())
+
+        low, high = 0.0, float(getattr(self, self.spread_key))
+        while high - low > 1e-9:
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+
     def block_patterns(self, pattern: SparsityPattern, sizes: dict[int, int],
                        measures: dict[int, float] | None = None) -> dict[int, SparsityPattern]:
         """One unstructured pattern per block whose zero counts sum exactly to the target's; a block
@@ -131,8 +154,10 @@ class Layerwise:
         bad = {i: t for i, t in targets.items() if not 0 <= t < 1}
         if bad:
             i, t = next(iter(bad.items()))
+            fit = self.largest_fitting_spread(measures, sizes, pattern.ratio)
+            hint = "" if fit is None else f": allocation.{self.spread_key} <= {math.floor(fit * 1000) / 1000:g} fits here"
             raise ValueError(f"allocation={self.name} gives block {i} the sparsity {t:.3f} at sparsity="
-                             f"{pattern.label}: accepted block sparsities in [0, 1); lower the allocation's spread")
+                             f"{pattern.label}: accepted block sparsities in [0, 1); lower the allocation's spread{hint}")
         counts = exact_counts(targets, sizes, pattern.ratio)
         return {i: SparsityPattern(counts[i] / sizes[i], exact=self.exact) for i in sizes}
 
@@ -161,6 +186,7 @@ class Owl(Layerwise):
     exact: bool = True
     metric: str = "outlier_ratio"
     cost: AllocationCost = field(default_factory=lambda: AllocationCost(passes=1))
+    spread_key: ClassVar[str] = "lam"
 
     def check(self, pattern: SparsityPattern) -> None:
         """Unstructured only; the spread must fit in [0, 1)."""

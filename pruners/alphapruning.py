@@ -24,6 +24,7 @@ Wanda; the default here is 0.2), ``xmin`` (``peak`` or ``median``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -97,6 +98,7 @@ class AlphaPruning(Layerwise):
     exact: bool = True
     metric: str = "alpha_hill"
     cost: AllocationCost = field(default_factory=SvdCost)
+    spread_key: ClassVar[str] = "epsilon"
 
     def measure(self, weights: dict[str, torch.Tensor], norms=None) -> float:
         """Mean ``PL_Alpha_Hill`` of the block's Linears."""

@@ -15,6 +15,7 @@ Setting: ``alpha`` (default 0.15; the paper tunes it per model and sparsity).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,7 @@ class Dlp(Layerwise):
     exact: bool = True
     metric: str = "median_score"
     cost: AllocationCost = field(default_factory=lambda: AllocationCost(passes=1))
+    spread_key: ClassVar[str] = "alpha"
 
     def measure(self, weights: dict[str, torch.Tensor], norms: dict[str, torch.Tensor]) -> float:
         return median_score(weights, norms)

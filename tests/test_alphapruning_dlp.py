@@ -77,6 +77,23 @@ def test_heavier_tails_get_lower_alpha_and_lower_sparsity():
     assert t[1] / t[0] == pytest.approx(1.2 / 0.8)  # the two extremes: (1 + eps) / (1 - eps)
 
 
+def test_a_block_above_one_is_rejected_with_the_largest_spread_that_fits():
+    """One light-tailed block among three: at 0.8 with epsilon 0.2 it asks for 0.8 * 1.2 / 0.9 > 1.
+    With u = (0, 0, 0, 1), u_bar = 1/4, the top block is 0.8 (1 + e) / (1 - e + e / 2), below 1 for
+    e < 0.2 / 1.3 = 0.1538...: the message names 0.153, which fits, and 0.155 does not."""
+    from pruners.pattern import SparsityPattern
+
+    measures, sizes = {0: 3.0, 1: 3.0, 2: 3.0, 3: 6.0}, {i: 50 for i in range(4)}
+    with pytest.raises(ValueError, match=r"block 3 the sparsity 1\.067 at sparsity=0\.8: .*allocation\.epsilon <= 0\.153 fits"):
+        AlphaPruning(epsilon=0.2).block_patterns(SparsityPattern.parse("0.8"), sizes, measures)
+    assert AlphaPruning(epsilon=0.2).largest_fitting_spread(measures, sizes, 0.8) == pytest.approx(0.2 / 1.3, abs=1e-8)
+    assert max(AlphaPruning(epsilon=0.153).targets(measures, sizes, 0.8).values()) < 1
+    assert max(AlphaPruning(epsilon=0.155).targets(measures, sizes, 0.8).values()) >= 1
+    # DLP: s - 2 alpha (u - u_bar) with u = (1, 1, 1, 0), u_bar = 3/4: block 3 at 0.8 + 1.5 alpha < 1 for alpha < 2/15
+    with pytest.raises(ValueError, match=r"allocation\.alpha <= 0\.133 fits"):
+        Dlp(alpha=0.2).block_patterns(SparsityPattern.parse("0.8"), sizes, measures)
+
+
 def test_dlp_median_on_a_hand_built_block():
     """The lower median of |W| * ||X|| over both matrices, worked by hand."""
     weights = {"a": torch.tensor([[1.0, -2.0], [3.0, 0.5]]), "b": torch.tensor([[4.0, 1.0, -1.0]])}
