@@ -185,6 +185,27 @@ def test_identity_and_label():
     assert len({run_id(alpha), run_id(dlp_key), run_id(_key("allocation=dlp", "allocation.alpha=0.1"))}) == 3
 
 
+def _settings(*overrides) -> str:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=tiny-llama", *overrides])
+    from runners.registry import build
+
+    run = prepare(cfg)
+    return run.changed_settings(run.label(build(cfg.pruner)))
+
+
+def test_changed_settings_name_what_differs_from_the_config_files():
+    """The metric rows' ``settings``: empty at the defaults, else each changed setting of the pruner,
+    allocation and refinement, sorted; the label's own option (keep_best) is not repeated; an
+    allocation or refinement that is off adds nothing."""
+    assert _settings("pruner=wanda", "allocation=alphapruning") == ""
+    assert _settings("pruner=wanda", "allocation=alphapruning", "allocation.epsilon=0.1") == "allocation.epsilon=0.1"
+    assert _settings("pruner=sparsegpt", "pruner.percdamp=0.05", "allocation=dlp", "allocation.alpha=0.1",
+                     "refine=dsnot") == "pruner.percdamp=0.05 allocation.alpha=0.1"
+    assert _settings("pruner=sparsellm", "pruner.keep_best=true") == ""
+    assert _settings("pruner=dense") == ""
+
+
 def test_plan_prices_the_allocations():
     """plan=true: DLP adds one dense pass per block, AlphaPruning the SVDs of its matrices."""
     from runners import plan

@@ -28,12 +28,12 @@ UNAVAILABLE = ("c4", "ppl", NAN, "unavailable", "c4 validation: not found offlin
 
 
 def _write_run(results: Path, model: str, pruner: str, sparsity: str, rows: list[tuple], proto: dict = SMOKE,
-               layers: str = "all", status: str = "ok", errors: list[float] | None = None) -> str:
+               layers: str = "all", status: str = "ok", errors: list[float] | None = None, settings: str = "") -> str:
     """One run folder written the way runners/execution/job.py writes it (metrics, blocks, manifest last)."""
-    rid = f"{model}__{pruner}__{sparsity}__{layers}__{proto['protocol']}".replace(":", "-")
+    rid = f"{model}__{pruner}__{sparsity}__{layers}__{proto['protocol']}__s{proto['seed']}{settings}".replace(":", "-")
     folder = store.run_dir(results, rid)
     base = {"run_id": rid, "model": model, "pruner": pruner, "sparsity": sparsity,
-            "layers": "none" if pruner == "dense" else layers, **proto}
+            "layers": "none" if pruner == "dense" else layers, **proto, "settings": settings}
     metrics = [{**base, "dataset": d, "metric": m, "value": v, "status": s, "message": msg}
                for d, m, v, s, msg in rows]
     store.write_csv(folder / "metrics.csv", metrics, METRIC_COLUMNS)
@@ -206,6 +206,31 @@ def test_comparison_pairs_matching_keys_only(results, tmp_path):
     main([f"results.dir={results}", "report.compare=true", f"report.reference={ref}"])
     table = pd.read_csv(_tables(results) / "comparison.csv", dtype=str)
     assert len(table) == 3 and "## Comparison with published numbers" in (results / "report" / "report.md").read_text()
+
+
+def test_configurations_that_differ_in_a_setting_stay_apart(tmp_path):
+    """Two epsilons of one allocation share the label wanda+alphapruning: their seeds must not be
+    averaged together; the changed one reads ``wanda+alphapruning allocation.epsilon=0.1``, and the
+    paired table compares each with uniform on its own."""
+    from runners.reporting.aggregate import aggregate, paired_differences
+    from runners.reporting.labels import normalize, row_labels
+
+    r = tmp_path / "results"
+    for seed, (uniform, default, changed) in enumerate([(100.0, 80.0, 60.0), (110.0, 90.0, 66.0)]):
+        proto = {**SMOKE, "seed": seed}
+        _write_run(r, "tiny-opt", "wanda", "0.7", [_ok("wikitext2", uniform)], proto)
+        _write_run(r, "tiny-opt", "wanda+alphapruning", "0.7", [_ok("wikitext2", default)], proto)
+        _write_run(r, "tiny-opt", "wanda+alphapruning", "0.7", [_ok("wikitext2", changed)], proto,
+                   settings="allocation.epsilon=0.1")
+    frame = normalize(store.load_metrics(r))
+    labels = set(row_labels(frame))
+    assert labels == {"wanda", "wanda+alphapruning", "wanda+alphapruning allocation.epsilon=0.1"}
+    means = aggregate(frame).set_index(["pruner", "settings"])["mean"]
+    assert means[("wanda+alphapruning", "")] == 85.0 and means[("wanda+alphapruning", "allocation.epsilon=0.1")] == 63.0
+    pairs = paired_differences(frame).set_index(["A", "B"])
+    assert pairs.loc[("wanda", "wanda+alphapruning"), "mean_diff"] == 20.0
+    assert pairs.loc[("wanda", "wanda+alphapruning allocation.epsilon=0.1"), "mean_diff"] == 42.0
+    assert (pairs["n"] == 2).all()
 
 
 def test_committed_reference_has_published_numbers():

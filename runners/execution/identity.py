@@ -32,7 +32,7 @@ from pruners.refine import refines
 
 from core.layers import resolve_layers
 from runners.execution.models import ModelSpec, folder_fingerprint, resolve_dtype
-from runners.registry import settings
+from runners.registry import CONF, pruner_configs, settings
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DENSE_PRUNER = Path(__file__).resolve().parents[2] / "conf" / "pruner" / "dense.yaml"
@@ -126,6 +126,32 @@ class Run:
         label = str(pruner.label)
         label = f"{label}+{self.allocation.name}" if self.allocates else label
         return f"{label}+{self.refine.name}" if self.refines else label
+
+    def changed_settings(self, label: str = "") -> str:
+        """The settings of this run's pruner, allocation and refinement that differ from their config
+        files (``pruner.percdamp=0.05 allocation.epsilon=0.1``, sorted; empty at the defaults).
+        Tables keep configurations apart by it, since the label names only the method: a sweep over
+        ``allocation.epsilon`` must not average its values into one cell. A setting the run's label
+        (``label(pruner)``) already shows (``keep_best`` in ``sparsellm+keep_best``) is left out."""
+        if self.is_dense:
+            return ""
+        parts = {"pruner": (self.pruner_cfg, pruner_configs().get(str(self.pruner_cfg.get("name", ""))))}
+        for group, on in (("allocation", self.allocates), ("refine", self.refines)):
+            if on:
+                node = OmegaConf.to_container(self.cfg[group], resolve=True)
+                parts[group] = (node, CONF / group / f"{node.get('name', '')}.yaml")
+        changed = []
+        for group, (node, path) in parts.items():
+            if path is None or not Path(path).exists():
+                continue  # nothing to compare with (a plugin pruner given inline)
+            probe = copy.deepcopy(self.cfg)  # the file read in the run's config, so ${seed} and the like resolve
+            with open_dict(probe):
+                probe[group] = OmegaConf.load(path)
+            default = settings(probe[group])
+            for k, v in sorted(settings(node).items()):
+                if k != "name" and default.get(k) != v and k not in label:
+                    changed.append(f"{group}.{k}={v}")
+        return " ".join(changed)
 
     def key(self, pruner) -> dict:
         """Everything that changes this run's numbers (hashed into the run id)."""

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["run_id", "model", "pruner", "sparsity", "layers", "protocol", "calib_dataset", "calib_nsamples",
                   "calib_seqlen", "eval_seqlen", "eval_max_windows", "eval_bos", "seed", "dtype", "device", "data_source",
-                  "dataset", "metric", "value", "status", "message"]
+                  "settings", "dataset", "metric", "value", "status", "message"]
 LAYER_COLUMNS = ["block", "name", "shape", "zeros", "numel", "sparsity", "seconds"]
 BLOCK_COLUMNS = ["block", "metric", "step", "value"]
 SPEED_FILE = store.SPEED  # eval/speed/timing.py's rows; settings, threads and hardware in the manifest
@@ -76,7 +76,8 @@ def _rows(run: Run, key: dict, rid: str, results: list[dict]) -> list[dict]:
             "calib_nsamples": calib.get("nsamples", c.calib.nsamples), "calib_seqlen": c.calib.seqlen,
             "eval_seqlen": c.eval.seqlen, "eval_max_windows": c.eval.max_windows, "eval_bos": run.bos,
             "seed": key["seed"],
-            "dtype": run.dtype, "device": run.device_kind, "data_source": data_source_label(run)}
+            "dtype": run.dtype, "device": run.device_kind, "data_source": data_source_label(run),
+            "settings": run.changed_settings(key["label"])}
     return [{**base, **r} for r in results]
 
 

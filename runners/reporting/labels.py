@@ -18,12 +18,16 @@ GROUP = ["model", "protocol", "eval_seqlen", "eval_max_windows"]
 # Identity columns besides model/protocol/pruner/sparsity: when one varies among the pruned rows it
 # splits them and appears in the row label (``wanda layers=first_half``). ``seed`` is not one of
 # them: the report aggregates over seeds instead (runners/reporting/aggregate.py).
-VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source", "eval_bos"]
+# ``settings``: the pruner/allocation/refinement settings that differ from their config files,
+# shown as they are (``wanda+alphapruning allocation.epsilon=0.1``).
+VARYING = ["layers", "calib_dataset", "calib_nsamples", "calib_seqlen", "dtype", "device", "data_source", "eval_bos",
+           "settings"]
 DENSE_VARYING = ["dtype", "device", "data_source", "eval_bos"]  # what can split the dense baseline
 # Columns older stores lack; their rows read this value, so a mix of old and new runs stays apart.
 # eval_bos (perplexity windows read after the BOS, eval.bos) is the exception: every run before it
 # was recorded read none, exactly as eval_bos=False does, so those rows read False and stay together.
-RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded", "eval_bos": "False"}
+RECENT = {"dtype": "unrecorded", "device": "unrecorded", "data_source": "unrecorded", "eval_bos": "False",
+          "settings": ""}  # stores before the column read as the defaults, as every report before it did
 
 
 def sparsity_label(value: object) -> str:
@@ -100,5 +104,5 @@ def row_labels(frame: pd.DataFrame, with_sparsity: bool = False, exclude=()) -> 
         if is_dense(r["pruner"]):
             return r["pruner"] + "".join(f" {c}={r[c]}" for c in dense_varying)
         text = r["pruner"] + (f" {r['sparsity']}" if with_sparsity else "")
-        return text + "".join(f" {c}={r[c]}" for c in varying)
+        return text + "".join((f" {r[c]}" if r[c] else "") if c == "settings" else f" {c}={r[c]}" for c in varying)
     return frame.apply(label, axis=1) if len(frame) else pd.Series(dtype=str)
