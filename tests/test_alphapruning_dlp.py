@@ -203,6 +203,7 @@ def test_changed_settings_name_what_differs_from_the_config_files():
     assert _settings("pruner=sparsegpt", "pruner.percdamp=0.05", "allocation=dlp", "allocation.alpha=0.1",
                      "refine=dsnot") == "pruner.percdamp=0.05 allocation.alpha=0.1"
     assert _settings("pruner=sparsellm", "pruner.keep_best=true") == ""
+    assert _settings("pruner=ria", "pruner.a=0.3") == "pruner.a=0.3"  # "a" is in "ria" but not one of its parts
     assert _settings("pruner=dense") == ""
 
 

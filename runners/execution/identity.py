@@ -129,10 +129,11 @@ class Run:
 
     def changed_settings(self, label: str = "") -> str:
         """The settings of this run's pruner, allocation and refinement that differ from their config
-        files (``pruner.percdamp=0.05 allocation.epsilon=0.1``, sorted; empty at the defaults).
+        files (``pruner.percdamp=0.05 allocation.epsilon=0.1``: pruner, allocation, refinement, each
+        by key; empty at the defaults).
         Tables keep configurations apart by it, since the label names only the method: a sweep over
         ``allocation.epsilon`` must not average its values into one cell. A setting the run's label
-        (``label(pruner)``) already shows (``keep_best`` in ``sparsellm+keep_best``) is left out."""
+        (``label(pruner)``) already shows as a part (``keep_best`` in ``sparsellm+keep_best``) is left out."""
         if self.is_dense:
             return ""
         parts = {"pruner": (self.pruner_cfg, pruner_configs().get(str(self.pruner_cfg.get("name", ""))))}
@@ -149,7 +150,7 @@ class Run:
                 probe[group] = OmegaConf.load(path)
             default = settings(probe[group])
             for k, v in sorted(settings(node).items()):
-                if k != "name" and default.get(k) != v and k not in label:
+                if k != "name" and default.get(k) != v and k not in label.split("+"):
                     changed.append(f"{group}.{k}={v}")
         return " ".join(changed)
 
